@@ -102,9 +102,7 @@ class TimmBackbone(Backbone):
         last_at = {r: i for i, r in enumerate(nominal) if r in REDUCTIONS}
         keep = sorted(last_at.values())
         self.tap_indices = keep
-        self.taps = tuple(
-            Tap(info.module_name(i), info.channels()[i], nominal[i], actual[i]) for i in keep
-        )
+        self.taps = tuple(Tap(info.module_name(i), info.channels()[i], nominal[i], actual[i]) for i in keep)
         cfg = self.body.pretrained_cfg
         self.input_mean = tuple(float(v) for v in cfg["mean"])
         self.input_std = tuple(float(v) for v in cfg["std"])
@@ -299,8 +297,12 @@ def mobilenet_v3_large(output_stride: int = 32) -> Backbone:
     stages, start = [], 0
     for reduction, end in ends.items():
         stride = min(reduction, output_stride)
-        stages.append((Tap(f"features.{end}", channels[reduction], reduction, stride),
-                       [f"features.{i}" for i in range(start, end + 1)]))
+        stages.append(
+            (
+                Tap(f"features.{end}", channels[reduction], reduction, stride),
+                [f"features.{i}" for i in range(start, end + 1)],
+            )
+        )
         start = end + 1
     mean, std = _torchvision_norm(torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1)
     return StagedBackbone("mobilenet_v3_large", net, stages, mean, std, output_stride, ("classifier.",))

