@@ -64,7 +64,7 @@ def read_image(path: Path, formats: tuple[str, ...] = ("JPEG",)) -> torch.Tensor
     """Return the image at `path` as uint8 [3,H,W] (RGB); raise BadSampleError if it cannot be decoded."""
     with _open(path, formats, "image") as img:
         rgb = img if img.mode == "RGB" else img.convert("RGB")
-        array = np.asarray(rgb)
+        array = np.array(rgb)  # a writable copy: torch tensors must not alias read-only memory
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
@@ -76,7 +76,7 @@ def read_label_png(path: Path, colormap: np.ndarray | None = None) -> np.ndarray
     """
     with _open(path, ("PNG",), "label") as img:
         if img.mode in INDEX_MODES:
-            return np.asarray(img)
+            return np.array(img)
         if img.mode in ("RGB", "RGBA") and colormap is not None:
             return _colours_to_indices(np.asarray(img)[..., :3], colormap, path)
         if img.mode in ("RGB", "RGBA"):
@@ -97,10 +97,11 @@ def _colours_to_indices(rgb: np.ndarray, colormap: np.ndarray, path: Path) -> np
     found = known[order][position] == codes
     if not found.all():
         values, counts = np.unique(codes[~found], return_counts=True)
-        listed = ", ".join(f"({v >> 16},{(v >> 8) & 255},{v & 255}) ({c} px)" for v, c in zip(values, counts))
+        listed = ", ".join(f"({v >> 16},{(v >> 8) & 255},{v & 255}) ({c} px)"
+                           for v, c in zip(values, counts, strict=True))
         raise BadSampleError(path, f"label colours not in the colour map: {listed}", kind="label_values",
                              details={"colours": {f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c)
-                                                  for v, c in zip(values, counts)}})
+                                                  for v, c in zip(values, counts, strict=True)}})
     return order[position].astype(np.uint8)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.ndimage import zoom
 
-from seglab.data.base import DATASETS, DatasetError, DatasetInfo, Sample, SegDataset, voc_palette
+from seglab.data.base import DATASETS, DatasetError, SegmentationDataset, voc_palette
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -89,34 +89,51 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
 
 
 @DATASETS.register("synthetic", aliases=("embedded",))
-class Synthetic(SegDataset):
-    """The embedded dataset: 6 classes (background + 5 shapes), `length` images of `size` x `size`."""
+class Synthetic(SegmentationDataset):
+    """The embedded dataset: background + 5 shape classes, `length` images of `size` x `size` pixels.
 
-    info = DatasetInfo("synthetic", ("background", *SHAPES), voc_palette(len(SHAPES) + 1), ignore_index=255)
-    splits = tuple(SPLIT_CODES)
+    Options (`--dataset-options`): length (default 2000 train / 200 val and test), size (128), seed (0).
+    """
 
-    def __init__(self, root: Path | str | None = None, split: str = "train", *, skip_bad: bool = False,
+    name = "synthetic"
+    classes = ("background", *SHAPES)
+    palette = voc_palette(len(SHAPES) + 1)
+    ignore_index = 255
+    has_instances = True
+
+    def __init__(self, root: Path | str | None = None, split: str = "train", *, strict: bool = True,
                  length: int | None = None, size: int = 128, seed: int = 0) -> None:
-        super().__init__(root or "<synthetic>", split, skip_bad=skip_bad)
         if split not in SPLIT_CODES:
             raise DatasetError(f"synthetic has no split {split!r}; choose one of: {', '.join(SPLIT_CODES)}")
-        self.size, self.seed = size, seed
-        count = DEFAULT_LENGTHS[split] if length is None else length
-        self.samples = [Sample(f"{split}/{i:06d}", Path(f"<synthetic>/{split}/{i:06d}"), None)
-                        for i in range(count)]
+        if size < 16:
+            raise DatasetError(f"synthetic: size must be at least 16 pixels, got {size}")
+        self.split, self.size, self.seed = split, size, seed
+        self.length = DEFAULT_LENGTHS[split] if length is None else length
+        self.list_findings = []
+
+    def __len__(self) -> int:
+        return self.length
 
     def _render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+        if not 0 <= index < self.length:
+            raise IndexError(f"synthetic {self.split} has {self.length} samples; index {index}")
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
         return render(rng, self.size, self.size)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (image uint8 [3,H,W], label uint8 [H,W]) of sample `index`."""
         image, label, _ = self._render(index)
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label)
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
 
-    def read_instances(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (instance ids, pixel classes) of sample `index`."""
-        _, label, instances = self._render(index)
-        return instances.astype(np.int64), label
+    def load_instances(self, index: int) -> torch.Tensor:
+        """Return the instance ids int32 [H,W] of sample `index` (0: background)."""
+        return torch.from_numpy(self._render(index)[2].astype(np.int32))
+
+    def sample_id(self, index: int) -> str:
+        """Return `<split>_<index>` (e.g. `val_000012`)."""
+        return f"{self.split}_{index:06d}"
+
+    def describe(self) -> str:
+        """Return a one-line summary: split, sample count, image size, seed."""
+        return (f"synthetic {self.split}: {self.length} samples of {self.size}x{self.size}, "
+                f"{self.num_classes} classes (seed {self.seed})")

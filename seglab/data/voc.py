@@ -1,250 +1,271 @@
-"""PASCAL VOC 2012, VOC + SBD (`train_aug`), and user sets in the VOC layout (`folder`).
+"""PASCAL VOC 2012, VOC + SBD (`train_aug`), and users' own sets in the VOC layout (`folder`).
 
-VOC 2012: Everingham et al., "The PASCAL Visual Object Classes Challenge" (IJCV 2010).
-SBD: Hariharan et al., "Semantic Contours from Inverse Detectors" (ICCV 2011); its labels ship as
-MATLAB files (`cls/*.mat`, struct `GTcls.Segmentation`), which `convert_sbd` rewrites as PNGs.
+VOC 2012: Everingham et al., "The PASCAL Visual Object Classes Challenge", IJCV 2010.
+SBD: Hariharan et al., "Semantic Contours from Inverse Detectors", ICCV 2011. Its labels ship as
+MATLAB files (`cls/<id>.mat`, struct `GTcls.Segmentation`; instances in `inst/<id>.mat`, `GTinst`);
+`convert_sbd` (`seglab data convert`) rewrites them once as palette PNGs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from seglab.data import io
 from seglab.data.base import (
     DATASETS,
     DatasetError,
-    DatasetInfo,
-    Fault,
+    FileDataset,
+    Finding,
     Sample,
-    SegDataset,
-    read_list,
+    label_lut,
+    locate,
+    read_split_list,
     voc_palette,
 )
+from seglab.data.io import BadSampleError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
-VOC_INFO = DatasetInfo("voc", VOC_CLASSES, voc_palette(len(VOC_CLASSES)), ignore_index=255)
+VOC_LAYOUT = ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation")
 
 
-def find_voc2012(root: Path) -> Path:
-    """Return the VOC2012 folder under `root` (root itself, root/VOC2012 or root/VOCdevkit/VOC2012)."""
-    for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
-        if (candidate / "JPEGImages").is_dir() and (candidate / "ImageSets" / "Segmentation").is_dir():
-            return candidate
-    raise DatasetError(f"no VOC 2012 under {root}: expected {root}/VOCdevkit/VOC2012/ with JPEGImages/, "
-                       "SegmentationClass/ and ImageSets/Segmentation/ (the VOCtrainval_11-May-2012.tar "
-                       "layout); pass its parent as --data-root")
+def identity_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Return the label map of files that store class ids directly (plus the ignore index)."""
+    return label_lut({**{c: c for c in range(num_classes)}, ignore_index: ignore_index})
 
 
-def find_sbd(root: Path) -> Path:
-    """Return SBD's `dataset` folder under `root` (root/benchmark_RELEASE/dataset or root/dataset)."""
-    for candidate in (root / "benchmark_RELEASE" / "dataset", root / "dataset", root):
-        if (candidate / "cls").is_dir() and (candidate / "train.txt").is_file():
-            return candidate
-    raise DatasetError(f"no SBD under {root}: expected {root}/benchmark_RELEASE/dataset/ with cls/, img/, "
-                       "train.txt and val.txt (the benchmark.tgz layout), beside VOCdevkit/")
+def list_ids(list_file: Path, make: Callable[[str, str], Sample]) -> tuple[list[Sample], list[Finding]]:
+    """Return the samples of a split list (`make(id, "file:line")`) and a finding per unsafe entry.
+
+    An entry is a sample id, not a path: an absolute entry or one with `/`, `\\` or `..` is refused
+    here (as `path_outside_root`, which stops a strict build), whatever it would resolve to.
+    """
+    samples, findings = [], []
+    for entry, source in read_split_list(list_file):
+        if "/" in entry or "\\" in entry or ".." in entry:
+            findings.append(Finding("path_outside_root", str(list_file),
+                                    f"{source}: entry {entry!r} is not a plain sample id (it has '/', '\\' "
+                                    "or '..'); ids name files inside the dataset root",
+                                    details={"list": source, "entry": entry}))
+        else:
+            samples.append(make(entry, source))
+    return samples, findings
 
 
-class VocLayout(SegDataset):
-    """A set in the VOC layout: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt."""
+def read_sbd_mat(path: Path, key: str = "GTcls") -> np.ndarray:
+    """Return the `Segmentation` array of an SBD .mat file (`GTcls`: classes, `GTinst`: instances)."""
+    from scipy.io import loadmat
 
-    info = VOC_INFO
-    splits = ("train", "val", "trainval")
-    image_suffixes = (".jpg",)
+    if not path.is_file():
+        raise BadSampleError(path, "label file is missing", kind="label_missing")
+    try:
+        seg = loadmat(str(path))[key]["Segmentation"][0][0]
+    except Exception as err:  # scipy raises many types for a damaged file; each is reported, none hidden
+        raise BadSampleError(path, f"SBD .mat file cannot be read ({type(err).__name__}: {err})",
+                             kind="label_unreadable") from err
+    if seg.ndim != 2 or seg.size == 0 or seg.max(initial=0) > 255:
+        raise BadSampleError(path, f"SBD {key}.Segmentation is {seg.dtype} {seg.shape}; expected 8-bit 2-D ids",
+                             kind="label_unreadable")
+    return np.ascontiguousarray(seg, dtype=np.uint8)
 
-    def __init__(self, root: Path | str, split: str = "train", *, skip_bad: bool = False) -> None:
-        super().__init__(root, split, skip_bad=skip_bad)
-        self.base = self.locate(self.root)
-        if split not in self.splits:
-            raise DatasetError(f"{self.info.name} has no split {split!r}; choose one of: {', '.join(self.splits)}")
-        entries, faults = self.list_ids(split)
-        self._finish((self.voc_sample(ids, source) for source, ids in entries), faults)
 
-    def locate(self, root: Path) -> Path:
-        """Return the folder holding JPEGImages/ etc. under the data root."""
-        return find_voc2012(root)
+class VocLayout(FileDataset):
+    """A set in the VOC layout: JPEGImages/, SegmentationClass/ (index PNGs), SegmentationObject/
+    (instance PNGs, optional), ImageSets/Segmentation/<split>.txt (one id per line)."""
 
-    def list_ids(self, split: str) -> tuple[list[tuple[str, str]], list[Fault]]:
-        """Return the (source, id) pairs of `split` and the faults found in its list file."""
+    name = "voc"
+    classes = VOC_CLASSES
+    palette = voc_palette(len(VOC_CLASSES))
+    ignore_index = 255
+    has_instances = True
+    label_map = identity_lut(len(VOC_CLASSES))
+    image_suffixes: tuple[str, ...] = (".jpg",)
+
+    def __init__(self, root: Path | str | None, split: str = "train", *, strict: bool = True) -> None:
+        self.base = self.locate_base(root)
         list_file = self.base / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
-            raise DatasetError(f"split list {list_file} is missing")
-        return read_list(list_file, self.base)
+            splits = sorted(p.stem for p in list_file.parent.glob("*.txt"))
+            raise DatasetError(f"{self.name}: no split {split!r} ({list_file} is missing); "
+                               f"splits here: {', '.join(splits) or 'none'}")
+        samples, findings = list_ids(list_file, self.voc_sample)
+        super().__init__(Path(root), split, samples, strict=strict, findings=findings)
 
-    def voc_sample(self, sample_id: str, source: str = "") -> Sample:
-        """Return the Sample of a VOC-layout id (the first image suffix that exists)."""
-        image = self.base / "JPEGImages" / f"{sample_id}{self.image_suffixes[0]}"
-        for suffix in self.image_suffixes[1:]:
-            if not image.exists() and (self.base / "JPEGImages" / f"{sample_id}{suffix}").exists():
-                image = self.base / "JPEGImages" / f"{sample_id}{suffix}"
-        instances = self.base / "SegmentationObject" / f"{sample_id}.png"
+    def locate_base(self, root: Path | str | None) -> Path:
+        """Return the folder holding JPEGImages/ etc.: root/VOCdevkit/VOC2012, root/VOC2012 or root."""
+        return locate(root, self.name, ("VOCdevkit/VOC2012", "VOC2012", ""), "ImageSets/Segmentation")
+
+    def voc_sample(self, sample_id: str, source: str) -> Sample:
+        """Return the files of `sample_id` in this layout (the first image suffix that exists)."""
+        images = [self.base / "JPEGImages" / f"{sample_id}{s}" for s in self.image_suffixes]
+        image = next((p for p in images if p.is_file()), images[0])
         return Sample(sample_id, image, self.base / "SegmentationClass" / f"{sample_id}.png",
-                      instances if instances.is_file() else None, source)
+                      self.base / "SegmentationObject" / f"{sample_id}.png", source)
 
-    def read_instances(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Return (instance ids, pixel classes) from SegmentationObject/, or None where absent."""
-        sample = self.samples[index]
-        if sample.instances is None:
-            return None
-        classes = self.read_label(sample).numpy()
-        return io.read_instance_png(sample.instances), classes
+    def read_instances(self, sample: Sample) -> np.ndarray:
+        """Return SegmentationObject ids as int32 [H,W]; its 255 (object boundaries) becomes 0."""
+        ids = io.read_instance_png(sample.instances)
+        ids[ids == self.ignore_index] = 0
+        return ids
 
 
 @DATASETS.register("voc", aliases=("pascal_voc", "voc2012"))
 class VOC(VocLayout):
-    """PASCAL VOC 2012 segmentation: 1,464 train / 1,449 val images, 21 classes, 255 = boundary/ignore."""
+    """PASCAL VOC 2012 segmentation: train 1,464 / val 1,449 images, 21 classes, 255 ignore."""
 
 
 @DATASETS.register("voc_aug", aliases=("pascal_voc_aug",))
 class VOCAug(VocLayout):
-    """VOC 2012 plus SBD: `train_aug` (10,582 images) = SBD train+val + VOC train - VOC val.
+    """VOC 2012 + SBD: train_aug 10,582 images (SBD train+val + VOC train - VOC val), VOC val 1,449.
 
-    A sample's label is VOC's own PNG where VOC annotates the image (finer, with boundary ignore),
-    else SBD's: the PNG that `seglab data convert` wrote to `<sbd>/cls_png/`, or the .mat file.
-    `seed_val` is the seed project's 904-image val (VOC val minus SBD train).
+    Splits: `train_aug`, `val` (VOC val), `seed_val` (VOC val - SBD train, 904 images: the seed
+    project's val), and VOC's own (`train`, `trainval`).
+
+    A sample's label is VOC's PNG where VOC annotates the image (finer, with boundary ignore), else
+    SBD's: the PNG in `<sbd>/cls_png/` that `seglab data convert` writes, or else the .mat file.
     """
 
-    info = DatasetInfo("voc_aug", VOC_CLASSES, VOC_INFO.palette, ignore_index=255)
-    splits = ("train_aug", "val", "seed_val", "train", "trainval")
+    name = "voc_aug"
 
-    def __init__(self, root: Path | str, split: str = "train_aug", *, skip_bad: bool = False) -> None:
-        self.sbd = find_sbd(Path(root))
-        self.mat_labels = 0
-        super().__init__(root, split, skip_bad=skip_bad)
-        if self.mat_labels:
-            print(f"voc_aug: {self.mat_labels} labels are read from SBD .mat files; "
-                  f"`seglab data convert --dataset voc_aug --data-root {self.root}` writes them as PNGs once")
-
-    def list_ids(self, split: str) -> tuple[list[tuple[str, str]], list[Fault]]:
-        """Return the ids of `split`, building train_aug and seed_val from the VOC and SBD lists."""
+    def __init__(self, root: Path | str | None, split: str = "train_aug", *, strict: bool = True) -> None:
+        self.sbd = locate(root, self.name, ("benchmark_RELEASE/dataset", "SBD/dataset", "dataset"), "cls")
         if split not in ("train_aug", "seed_val"):
-            return super().list_ids(split)
-        voc_dir = self.base / "ImageSets" / "Segmentation"
-        lists = {}
-        faults: list[Fault] = []
-        for name, list_file in (("voc_train", voc_dir / "train.txt"), ("voc_val", voc_dir / "val.txt"),
-                                ("sbd_train", self.sbd / "train.txt"), ("sbd_val", self.sbd / "val.txt")):
-            if not list_file.is_file():
-                raise DatasetError(f"split list {list_file} is missing")
-            entries, list_faults = read_list(list_file, list_file.parent)
-            lists[name] = dict((i, s) for s, i in entries)
-            faults += list_faults
+            super().__init__(root, split, strict=strict)
+            return
+        self.base = self.locate_base(root)
+        voc_lists = self.base / "ImageSets" / "Segmentation"
+        lists, findings = {}, []
+        for key, list_file in (("voc_train", voc_lists / "train.txt"), ("voc_val", voc_lists / "val.txt"),
+                               ("sbd_train", self.sbd / "train.txt"), ("sbd_val", self.sbd / "val.txt")):
+            samples, bad = list_ids(list_file, self.voc_sample)
+            lists[key] = {s.id: s for s in samples}
+            findings += bad
         if split == "seed_val":
-            keep = [i for i in lists["voc_val"] if i not in lists["sbd_train"]]
-            return [(lists["voc_val"][i], i) for i in keep], faults
-        merged = {**lists["sbd_train"], **lists["sbd_val"], **lists["voc_train"]}
-        keep = sorted(set(merged) - set(lists["voc_val"]))
-        print(f"voc_aug train_aug: {len(keep)} images (SBD train {len(lists['sbd_train'])} + SBD val "
-              f"{len(lists['sbd_val'])} + VOC train {len(lists['voc_train'])} - VOC val {len(lists['voc_val'])},"
-              " duplicates once)")
-        return [(merged[i], i) for i in keep], faults
+            chosen = [s for i, s in lists["voc_val"].items() if i not in lists["sbd_train"]]
+        else:
+            merged = {**lists["sbd_train"], **lists["sbd_val"], **lists["voc_train"]}
+            chosen = [merged[i] for i in sorted(set(merged) - set(lists["voc_val"]))]
+            print(f"voc_aug train_aug: {len(chosen)} images = SBD train {len(lists['sbd_train'])} + SBD val "
+                  f"{len(lists['sbd_val'])} + VOC train {len(lists['voc_train'])}, each id once, "
+                  f"minus VOC val {len(lists['voc_val'])}")
+        FileDataset.__init__(self, Path(root), split, chosen, strict=strict, findings=findings)
+        mats = sum(s.label.suffix == ".mat" for s in self.samples)
+        if mats:
+            print(f"voc_aug: {mats} labels are read from SBD .mat files; `seglab data convert --dataset voc_aug "
+                  f"--data-root {root}` writes them once as PNGs, which load faster")
 
-    def voc_sample(self, sample_id: str, source: str = "") -> Sample:
-        """Return the Sample of `sample_id`, taking VOC's files where present, else SBD's."""
-        sample = super().voc_sample(sample_id, source)
-        if not sample.image.is_file() and (self.sbd / "img" / f"{sample_id}.jpg").is_file():
-            sample = Sample(sample_id, self.sbd / "img" / f"{sample_id}.jpg", sample.label,
-                            sample.instances, source)
-        if sample.label is not None and not sample.label.is_file():
-            png = self.sbd / "cls_png" / f"{sample_id}.png"
-            label = png if png.is_file() else self.sbd / "cls" / f"{sample_id}.mat"
-            self.mat_labels += label.suffix == ".mat"
-            inst_png = self.sbd / "inst_png" / f"{sample_id}.png"
-            instances = inst_png if inst_png.is_file() else self.sbd / "inst" / f"{sample_id}.mat"
-            sample = Sample(sample_id, sample.image, label, instances if instances.is_file() else None, source)
-        return sample
+    def voc_sample(self, sample_id: str, source: str) -> Sample:
+        """Return VOC's files for `sample_id` where VOC has them, else SBD's."""
+        voc = super().voc_sample(sample_id, source)
+        if voc.label.is_file():
+            return voc
+        image = voc.image if voc.image.is_file() else self.sbd / "img" / f"{sample_id}.jpg"
+        label, instances = (self._sbd_file(sample_id, kind) for kind in ("cls", "inst"))
+        return Sample(sample_id, image, label, instances, source)
 
-    def read_label(self, sample: Sample) -> torch.Tensor:
-        """Return the label of `sample` from its PNG or SBD .mat file."""
+    def _sbd_file(self, sample_id: str, kind: str) -> Path:
+        png = self.sbd / f"{kind}_png" / f"{sample_id}.png"
+        return png if png.is_file() else self.sbd / kind / f"{sample_id}.mat"
+
+    def read_raw_label(self, sample: Sample) -> np.ndarray:
+        """Return the raw label from VOC's or the converted PNG, or from SBD's .mat file."""
         if sample.label.suffix == ".mat":
-            return self.validate_label(io.read_sbd_mat(sample.label, "GTcls"), sample.label)
-        return super().read_label(sample)
+            return read_sbd_mat(sample.label, "GTcls")
+        return super().read_raw_label(sample)
 
-    def read_instances(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Return (instance ids, pixel classes) from VOC SegmentationObject or SBD inst."""
-        sample = self.samples[index]
-        if sample.instances is not None and sample.instances.suffix == ".mat":
-            return io.read_sbd_mat(sample.instances, "GTinst").astype(np.int64), self.read_label(sample).numpy()
-        return super().read_instances(index)
+    def read_instances(self, sample: Sample) -> np.ndarray:
+        """Return instance ids from VOC's SegmentationObject or SBD's inst (PNG or .mat)."""
+        if sample.instances.suffix == ".mat":
+            return read_sbd_mat(sample.instances, "GTinst").astype(np.int32)
+        return super().read_instances(sample)
 
 
-def read_classes_txt(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
-    """Return the class names of a `classes.txt` (one per line, `name` or `name R G B`) and colours."""
+def read_classes_txt(path: Path) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Return the class names in `classes.txt` (one per line, `name` or `name R G B`) and their colours."""
     if not path.is_file():
-        raise DatasetError(f"{path} is missing: list one class per line (index 0 first), "
-                           "optionally followed by its label colour as `R G B`")
+        raise DatasetError(f"{path} is missing: a folder dataset lists its classes there, one per line in "
+                           "index order (background first), each optionally followed by its colour `R G B`")
     names, colours = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
         if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts[1:]):
-            colours.append(tuple(int(p) for p in parts[1:]))
+            colours.append([int(p) for p in parts[1:]])
         elif len(parts) != 1:
             raise DatasetError(f"{path}:{number}: expected `name` or `name R G B` (0-255), got {line!r}")
         names.append(parts[0])
     if colours and len(colours) != len(names):
         raise DatasetError(f"{path}: give a colour on every line or on none")
     if not 1 <= len(names) <= 255:
-        raise DatasetError(f"{path}: {len(names)} classes; 1 to 255 are supported (labels are 8-bit)")
-    return tuple(names), tuple(colours) if colours else None
+        raise DatasetError(f"{path}: {len(names)} classes; seglab supports 1 to 255 (labels are 8-bit)")
+    return tuple(names), np.array(colours, dtype=np.uint8) if colours else None
 
 
 @DATASETS.register("folder", aliases=("custom",))
 class Folder(VocLayout):
-    """A user's set in the VOC layout, classes from `<root>/classes.txt`; images .jpg or .png.
+    """Your own set in the VOC layout under --data-root, classes from `<root>/classes.txt`.
 
-    With colours in classes.txt, RGB label PNGs are mapped to classes by colour; without, labels must
-    be palette or greyscale index PNGs.
+    Images may be .jpg or .png. Labels are index PNGs; with colours in classes.txt, RGB label PNGs
+    are read by colour instead. SegmentationObject/ (instance PNGs) is optional.
     """
 
-    image_format = ("JPEG", "PNG")
+    image_formats = ("JPEG", "PNG")
     image_suffixes = (".jpg", ".jpeg", ".png")
-    splits = ("train", "val", "trainval", "test")
 
-    def __init__(self, root: Path | str, split: str = "train", *, skip_bad: bool = False) -> None:
-        names, colours = read_classes_txt(Path(root) / "classes.txt")
-        self.info = DatasetInfo(f"folder:{Path(root).name}", names, colours or voc_palette(len(names)))
-        self.colormap = {c: i for i, c in enumerate(colours)} if colours else None
-        super().__init__(root, split, skip_bad=skip_bad)
+    def __init__(self, root: Path | str | None, split: str = "train", *, strict: bool = True) -> None:
+        if root is None:
+            raise DatasetError("dataset 'folder' needs --data-root")
+        self.classes, self.colormap = read_classes_txt(Path(root) / "classes.txt")
+        self.name = f"folder:{Path(root).resolve().name}"
+        self.palette = self.colormap if self.colormap is not None else voc_palette(len(self.classes))
+        self.label_map = identity_lut(len(self.classes))
+        self.has_instances = (Path(root) / "SegmentationObject").is_dir()
+        super().__init__(root, split, strict=strict)
 
-    def locate(self, root: Path) -> Path:
-        """Return the data root itself, which must hold the VOC-layout folders."""
-        if not (root / "JPEGImages").is_dir():
-            raise DatasetError(f"{root} has no JPEGImages/: a folder dataset needs JPEGImages/, "
-                               "SegmentationClass/, ImageSets/Segmentation/<split>.txt and classes.txt")
-        return root
+    def locate_base(self, root: Path | str | None) -> Path:
+        """Return the data root itself: it must hold ImageSets/Segmentation/ and the other folders."""
+        return locate(root, self.name, ("",), "ImageSets/Segmentation")
 
-    def read_label(self, sample: Sample) -> torch.Tensor:
-        """Return the label of `sample`, mapping RGB colours when classes.txt gives them."""
-        indices = io.read_index_png(sample.label, self.label_format, colormap=self.colormap)
-        return self.validate_label(indices, sample.label)
+    def read_raw_label(self, sample: Sample) -> np.ndarray:
+        """Return the label as indices; RGB labels are mapped by the classes.txt colours when given."""
+        return io.read_label_png(sample.label, colormap=self.colormap)
 
 
-def convert_sbd(root: Path, *, overwrite: bool = False) -> tuple[int, int]:
-    """Write SBD's cls/*.mat and inst/*.mat as palette PNGs in cls_png/ and inst_png/; return (written, kept)."""
-    sbd = find_sbd(Path(root))
-    written = kept = 0
-    palette = VOC_INFO.palette_bytes()
-    for sub, key in (("cls", "GTcls"), ("inst", "GTinst")):
-        out_dir = sbd / f"{sub}_png"
+def convert_sbd(root: Path | str, *, overwrite: bool = False) -> dict[str, int]:
+    """Write SBD's cls/*.mat and inst/*.mat once as palette PNGs in cls_png/ and inst_png/.
+
+    Returns counts: written, kept (already there), failed. Each file is written to a temporary name
+    in its folder and renamed, so an interrupted conversion leaves no partial PNG.
+    """
+    sbd = locate(root, "voc_aug", ("benchmark_RELEASE/dataset", "SBD/dataset", "dataset"), "cls")
+    flat_palette = voc_palette(256).reshape(-1).tolist()
+    counts = {"written": 0, "kept": 0, "failed": 0}
+    for kind, key in (("cls", "GTcls"), ("inst", "GTinst")):
+        out_dir = sbd / f"{kind}_png"
         out_dir.mkdir(exist_ok=True)
-        for mat in sorted((sbd / sub).glob("*.mat")):
+        for mat in sorted((sbd / kind).glob("*.mat")):
             out = out_dir / f"{mat.stem}.png"
             if out.exists() and not overwrite:
-                kept += 1
+                counts["kept"] += 1
                 continue
-            img = Image.fromarray(io.read_sbd_mat(mat, key))
-            img.putpalette(palette)  # makes it a palette ("P") image
-            tmp = out.with_suffix(".png.tmp")
+            try:
+                array = read_sbd_mat(mat, key)
+            except BadSampleError as err:
+                print(f"skipped: {err}")
+                counts["failed"] += 1
+                continue
+            img = Image.fromarray(array)
+            img.putpalette(flat_palette)  # an 8-bit image with a palette is saved as a "P" PNG
+            tmp = out.with_name(f".{out.name}.tmp")
             img.save(tmp, format="PNG")
             tmp.replace(out)
-            written += 1
-    return written, kept
+            counts["written"] += 1
+    return counts
