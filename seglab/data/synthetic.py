@@ -2,9 +2,10 @@
 
 Each image holds 1-6 shapes (disk, square, triangle, ring, cross) of random size (from a few pixels
 to most of the image), rotation, aspect, colour and texture, painted in order so that later ones
-occlude earlier ones, over a textured background with shape-less distractor blobs. Colour and
-texture are drawn independently of the class, so only shape tells the class: a model must learn
-shape, at several scales, under occlusion. Every sample is a pure function of (seed, split, index).
+occlude earlier ones, over a textured background with shape-less distractor blobs. Each class has
+its own colour and texture, but an object takes a random colour or texture often enough
+(`CLASS_LOOK`) that colour alone does not tell the class: a model must learn shape, at several
+scales, under occlusion. Every sample is a pure function of (seed, split, index).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from seglab.data.base import DATASETS, DatasetError, SegmentationDataset, voc_pa
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 2000, "val": 200, "test": 200}
+CLASS_COLOURS = np.array([(220, 60, 50), (60, 170, 70), (60, 90, 220), (230, 200, 50), (170, 70, 200)], float)
+CLASS_LOOK = 0.7
+"""Probability that an object wears its class's colour (and, independently, its class's texture)."""
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -40,9 +44,9 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(shape)
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Return a [H, W] pattern in [0, 1]: flat, stripes, checks or smooth noise, at a random scale."""
-    kind = rng.integers(4)
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: int | None = None) -> np.ndarray:
+    """Return a [H, W] pattern in [0, 1]: flat, stripes, checks or smooth noise (`kind` 0-3, else random)."""
+    kind = rng.integers(4) if kind is None else kind
     if kind == 0:
         return np.zeros_like(yy)
     angle, period = rng.uniform(0, np.pi), rng.uniform(3, 16)
@@ -79,8 +83,13 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
         inside = _shape_mask(SHAPES[cls], u, v)
         if not inside.any():
             continue
-        pattern = _texture(rng, yy, xx)[..., None]
-        fill = rng.uniform(0, 255, 3) * (1 - pattern) + rng.uniform(0, 255, 3) * pattern
+        own_texture, own_colour = rng.random(2) < CLASS_LOOK
+        pattern = _texture(rng, yy, xx, kind=cls % 4 if own_texture else None)[..., None]
+        if own_colour:
+            base = np.clip(CLASS_COLOURS[cls] + rng.normal(0, 25, 3), 0, 255)
+            fill = base * (1 - 0.5 * pattern)
+        else:
+            fill = rng.uniform(0, 255, 3) * (1 - pattern) + rng.uniform(0, 255, 3) * pattern
         image = np.where(inside[..., None], fill, image)
         label[inside] = cls + 1
         instances[inside] = instance
