@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from seglab.models import fcn  # noqa: F401  (registers its decoders)
+import seglab.models.fcn  # noqa: F401  (registers FCN first: registration order is listing order)
+from seglab.models import deeplab, fcnw, linknet, lraspp  # noqa: F401  (register their decoders)
 from seglab.models.backbones import BACKBONES, SEED_BASENETS, Backbone, Tap, build_backbone
 from seglab.models.meta import Decoder, SegmentationModel
 from seglab.models.registry import DECODERS

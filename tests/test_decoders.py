@@ -1,0 +1,191 @@
+"""Decoders beyond FCN (FCN+W, DeepLabV3, DeepLabV3+, LinkNet, LR-ASPP): every decoder x seed FE trains on
+tiny inputs, output stride 8/16, clear errors, and the documented FCN+W cost."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import seglab
+import seglab.cli
+from seglab.models import DECODERS, SEED_BASENETS, Backbone, SegmentationModel, Tap, build_backbone
+from seglab.models.summary import count_gflops
+
+DECODER_NAMES = ("fcnw16s", "fcnw8s", "fcnw4s", "deeplabv3", "deeplabv3plus", "linknet", "lraspp")
+NUM_CLASSES = 5
+
+
+@functools.cache
+def shared_basenet(name: str, output_stride: int = 32) -> Backbone:
+    """One frozen FE per name, shared by the decoder tests (building VGG16's fc6/fc7 takes seconds).
+
+    Frozen so that backward skips the FE's weight gradients (the FE tests cover those) yet still runs
+    through the FE to the input.
+    """
+    torch.manual_seed(0)
+    return build_backbone(name, output_stride).requires_grad_(False)
+
+
+def pair(basenet: str, decoder: str, output_stride: int = 32, **options) -> SegmentationModel:
+    backbone = shared_basenet(basenet, output_stride)
+    torch.manual_seed(0)
+    return SegmentationModel(backbone, DECODERS[decoder](backbone, NUM_CLASSES, **options))
+
+
+def test_decoders_are_registered():
+    assert set(DECODER_NAMES) <= set(DECODERS.names())
+    assert DECODERS.canonical("fcnw") == "fcnw8s"
+    assert DECODERS.canonical("deeplabv3+") == "deeplabv3plus"
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+@pytest.mark.parametrize("basenet", SEED_BASENETS)
+def test_every_decoder_trains_on_every_seed_basenet(basenet, decoder):
+    model = pair(basenet, decoder).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = model(x)
+    assert out.shape == (2, NUM_CLASSES, 64, 64)
+    out.square().mean().backward()
+    silent = [n for n, p in model.decoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"decoder parameters without gradient: {silent}"
+    assert x.grad.abs().sum() > 0  # backward runs through the FE
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 65, 47)).shape == (1, NUM_CLASSES, 65, 47)
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_decoders_run_at_output_stride(decoder, output_stride):
+    model = pair("resnet18", decoder, output_stride).eval()
+    assert model.basenet.tap(32).stride == output_stride
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 48)).shape == (1, NUM_CLASSES, 64, 48)
+
+
+@pytest.mark.parametrize(("output_stride", "rates"), [(32, (3, 6, 9)), (16, (6, 12, 18)), (8, (12, 24, 36))])
+@pytest.mark.parametrize("decoder", ["deeplabv3", "deeplabv3plus"])
+def test_aspp_rates_follow_output_stride(decoder, output_stride, rates):
+    model = pair("mobilenet_v2", decoder, output_stride)
+    assert model.decoder.rates == rates
+    convs = [m for m in model.decoder.aspp.modules() if isinstance(m, nn.Conv2d)]
+    atrous = [m.dilation[0] for m in convs if m.kernel_size == (3, 3)]
+    assert atrous == list(rates)
+
+
+def test_aspp_rates_option_overrides_the_default():
+    assert pair("resnet18", "deeplabv3", rates=(2, 4)).decoder.rates == (2, 4)
+    with pytest.raises(ValueError, match=r"decoder 'deeplabv3': rates must be positive integers, got \[0, 4\]"):
+        pair("resnet18", "deeplabv3", rates=(0, 4))
+
+
+def test_deeplabv3plus_refine_is_separable_unless_asked():
+    def convs(refine: nn.Module) -> list[tuple[int, int, int, int]]:
+        return [(m.in_channels, m.out_channels, m.kernel_size[0], m.groups) for m in refine.modules()
+                if isinstance(m, nn.Conv2d)]
+
+    separable = pair("resnet18", "deeplabv3plus").decoder
+    assert convs(separable.refine) == [(304, 304, 3, 304), (304, 256, 1, 1), (256, 256, 3, 256), (256, 256, 1, 1)]
+    assert convs(separable.reduce) == [(64, 48, 1, 1)]
+    dense = pair("resnet18", "deeplabv3plus", separable=False).decoder
+    assert convs(dense.refine) == [(304, 256, 3, 1), (256, 256, 3, 1)]
+
+
+@pytest.mark.parametrize(("output_stride", "strides"), [(32, [2, 2, 2]), (16, [1, 2, 2]), (8, [1, 1, 2])])
+def test_linknet_upsamples_only_between_taps_of_different_actual_stride(output_stride, strides):
+    decoder = pair("resnet18", "linknet", output_stride).decoder
+    blocks = [decoder.blocks[str(level)][1] for level in (16, 8, 4)]
+    assert [b.stride[0] for b in blocks] == strides
+    x = torch.zeros(1, decoder.taps[32].channels, 3, 3)
+    for block in decoder.blocks.values():
+        y = block.eval()(x)
+        assert y.shape[-2:] == (3 * block[1].stride[0], 3 * block[1].stride[0])
+        x = torch.zeros(1, y.shape[1], 3, 3)
+
+
+class TapsOnly(Backbone):
+    """An FE stub that only declares taps (like a ViT: stride 16 and 32 only)."""
+
+    def __init__(self, reductions: tuple[int, ...]) -> None:
+        super().__init__()
+        self.name = "stub"
+        self.taps = tuple(Tap(f"t{r}", 8, r, r) for r in reductions)
+
+
+@pytest.mark.parametrize(
+    ("decoder", "needed"),
+    [("fcnw8s", [8, 16, 32]), ("fcnw4s", [4, 8, 16, 32]), ("deeplabv3plus", [4, 32]), ("linknet", [4, 8, 16, 32]),
+     ("lraspp", [8, 32])],
+)
+def test_decoders_name_the_taps_a_basenet_lacks(decoder, needed):
+    missing = [r for r in needed if r not in (16, 32)]
+    message = (
+        f"decoder {decoder!r} needs taps at strides {needed}, but basenet 'stub' only has [16, 32] "
+        f"(missing {missing})"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        DECODERS[decoder](TapsOnly((16, 32)), NUM_CLASSES)
+    DECODERS["deeplabv3"](TapsOnly((16, 32)), NUM_CLASSES)  # needs the deepest tap only
+
+
+def test_basenets_without_dilation_are_refused_with_the_flag_named():
+    with pytest.raises(ValueError, match=r"basenet 'vgg16' does not support --output-stride 16"):
+        seglab.build_model("vgg16", "deeplabv3", NUM_CLASSES, output_stride=16)
+
+
+def test_fcnw_options():
+    plain = pair("mobilenet_v2", "fcnw4s", width=32).decoder
+    assert plain.score.in_channels == 32
+    assert sorted(plain.project) == ["16", "32", "4", "8"]
+    assert plain.project["32"][0].in_channels == 320
+    context = pair("mobilenet_v2", "fcnw8s", width=32, global_context=True).decoder
+    assert context.project["32"][0].in_channels == 640
+    with pytest.raises(ValueError, match=r"decoder 'fcnw8s': width must be a positive number of channels, got 0"):
+        pair("mobilenet_v2", "fcnw8s", width=0)
+
+
+@pytest.mark.parametrize("global_context", [False, True])
+def test_fcnw_global_context_sees_the_whole_map(global_context):
+    decoder = pair("resnet18", "fcnw8s", global_context=global_context).decoder.eval()
+    deep = torch.rand(1, 512, 8, 8)
+    changed = deep.clone()
+    changed[..., 5:, 5:] += 1.0  # beyond the 3x3 depthwise conv's reach from the corner
+    with torch.no_grad():
+        corner = decoder.head(deep)[..., 0, 0], decoder.head(changed)[..., 0, 0]
+    assert torch.allclose(*corner) is not global_context
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_fcnw_decoder_gflops_match_the_documented_formula(width):
+    """Multiply-adds per pixel: projection c*w, separable refine 9w + w*w, and w*k scoring at the finest level."""
+    with torch.device("meta"):
+        model = seglab.build_model("resnet18", "fcnw8s", 21, width=width)
+    size = 512
+    decoder = count_gflops(model, (size, size)) - count_gflops(model.basenet, (size, size))
+    macs = 0
+    for level, channels in ((32, 512), (16, 256), (8, 128)):
+        pixels = (size // level) ** 2
+        macs += pixels * (channels * width + 9 * width + width * width)
+    macs += (size // 8) ** 2 * width * 21
+    assert decoder == pytest.approx(2 * macs / 1e9, rel=1e-9)
+
+
+def test_models_table_lists_the_decoders(capsys):
+    decoders = ",".join(DECODER_NAMES)
+    assert seglab.cli.main(["models", "--basenets", "mobilenet_v2", "--decoders", decoders, "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    for name in DECODER_NAMES:
+        assert f"| mobilenet_v2 | {name} |" in out
+
+
+def test_readme_add_your_own_decoder_example_runs(monkeypatch, capsys):
+    text = (Path(__file__).parents[1] / "docs" / "readme" / "35-decoders.md").read_text()
+    example = text.split("<!-- example: add-your-own-decoder -->\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setattr(DECODERS, "_entries", dict(DECODERS._entries))  # the example registers "tinyfpn"
+    exec(compile(example, "35-decoders.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([1, 21, 224, 224])"
