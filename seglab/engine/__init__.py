@@ -1,0 +1,1 @@
+"""The engine: training loop, checkpoints, distributed helpers, evaluation and inference."""
