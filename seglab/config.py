@@ -32,7 +32,7 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are a PASCAL VOC recipe for one GPU."""
 
     # model
-    basenet: str = _opt("resnet50", "feature extractor (see `seglab models`)")
+    basenet: str = _opt("efficientnet_lite0", "feature extractor (see `seglab models`)")
     decoder: str = _opt("fcn8s", "decoder (see `seglab models`)")
     output_stride: int = _opt(32, "output stride of the basenet (dilation below 32)", choices=(8, 16, 32))
     pretrained: str = _opt("imagenet", "basenet weights: imagenet | package | timm:NAME | torchvision:WEIGHTS "

@@ -23,6 +23,8 @@ def resample_weights(num_images: int, resamples: int, seed: int) -> Tensor:
     """Return [resamples, num_images] float64 counts: how often each image is drawn in each resample."""
     if num_images < 1:
         raise ValueError("the bootstrap needs at least one image")
+    if resamples < 1:
+        raise ValueError(f"the bootstrap needs at least one resample, got {resamples}")
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=resamples)
     return torch.from_numpy(weights.astype(np.float64))
@@ -77,7 +79,7 @@ def paired_bootstrap(cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMP
                          f"{tuple(cm_b.shape)}")
     weights = resample_weights(cm_a.shape[0], resamples, seed)
     diffs = nanmean(resampled_class_iou(cm_a, weights)) - nanmean(resampled_class_iou(cm_b, weights))
-    diff = float(mean_of(cm_a) - mean_of(cm_b))
+    diff = float(pooled_miou(cm_a) - pooled_miou(cm_b))
     below = float((diffs <= 0).double().mean())
     above = float((diffs >= 0).double().mean())
     p_value = min(1.0, max(2.0 * min(below, above), 1.0 / resamples))
@@ -85,6 +87,6 @@ def paired_bootstrap(cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMP
             "level": level, "seed": seed}
 
 
-def mean_of(per_image_cm: Tensor) -> Tensor:
+def pooled_miou(per_image_cm: Tensor) -> Tensor:
     """Return the mIoU of the summed per-image confusion matrices [N, C, C]."""
     return nanmean(class_iou(per_image_cm.sum(0).double()))

@@ -21,56 +21,67 @@ class OutOfRangeError(ValueError):
     """Labels or predictions hold values that are neither a class nor the ignore index."""
 
 
-def _check_range(values: Tensor, num_classes: int, what: str, ignore_index: int | None) -> None:
+def _raise_out_of_range(values: Tensor, num_classes: int, what: str, ignore_index: int | None) -> None:
     """Raise OutOfRangeError listing each value outside 0..C-1 (other than `ignore_index`) and its count."""
     bad = (values < 0) | (values >= num_classes)
     if ignore_index is not None:
         bad &= values != ignore_index
-    if bool(bad.any()):
-        found, counts = torch.unique(values[bad], return_counts=True)
-        listed = ", ".join(f"{int(v)} ({int(c)} px)" for v, c in zip(found.tolist(), counts.tolist(), strict=True))
-        allowed = f"0..{num_classes - 1}" + ("" if ignore_index is None else f" and ignore {ignore_index}")
-        raise OutOfRangeError(f"{what} values outside {allowed}: {listed}")
+    found, counts = torch.unique(values[bad], return_counts=True)
+    listed = ", ".join(f"{v} ({c} px)" for v, c in zip(found.tolist(), counts.tolist(), strict=True))
+    allowed = f"0..{num_classes - 1}" + ("" if ignore_index is None else f" and ignore {ignore_index}")
+    raise OutOfRangeError(f"{what} values outside {allowed}: {listed}")
 
 
-def _checked(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """Return (pred, target) as int64 after checking shapes, dtypes and value ranges."""
+def _counts(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int, images: int) -> Tensor:
+    """Return int64 [images, C, C] pixel counts from one bincount; raise OutOfRangeError on bad values.
+
+    Labels are not masked (boolean indexing copies the data and dominates the cost): the bincount has
+    one row per label value from min(0, ignore) to max(C - 1, ignore), the ignore row is dropped and
+    any other row beyond the classes must be empty.
+    """
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     if pred.is_floating_point() or target.is_floating_point():
         raise TypeError(f"pred and target must be integer class maps, got {pred.dtype} and {target.dtype}")
-    pred, target = pred.long(), target.long()
-    _check_range(target, num_classes, "label", ignore_index)
-    _check_range(pred, num_classes, "prediction", None)
-    return pred, target
+    c = num_classes
+    first = min(0, ignore_index)
+    rows = max(c, ignore_index + 1) - first
+    (lo, hi), (plo, phi) = torch.stack([*torch.aminmax(target.long() if target.dtype == torch.bool else target),
+                                        *torch.aminmax(pred)]).view(2, 2).tolist()
+    if lo < first or hi >= first + rows:
+        _raise_out_of_range(target, c, "label", ignore_index)
+    if plo < 0 or phi >= c:
+        _raise_out_of_range(pred, c, "prediction", None)
+    index = torch.add(pred.long(), target, alpha=c)
+    if first or images > 1:
+        offset = torch.arange(images, device=index.device).view(-1, *([1] * (index.dim() - 1))) * rows - first
+        index += offset * c
+    counts = torch.bincount(index.flatten(), minlength=images * rows * c).view(images, rows, c)
+    outside = torch.ones(rows, dtype=torch.bool)
+    outside[-first:c - first] = False
+    outside[ignore_index - first] = False
+    if bool(counts[:, outside.to(counts.device)].any()):
+        _raise_out_of_range(target, c, "label", ignore_index)
+    return counts[:, -first:c - first]
 
 
 def per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Return one confusion matrix per image, int64 [N, C, C] (rows = label, cols = prediction).
 
-    One `bincount` over ``image * C*C + label * C + prediction`` computes all N matrices on the
-    tensors' device.
+    One `bincount` over ``(image * R + label) * C + prediction`` (R label rows, see `_counts`) computes
+    all N matrices on the tensors' device.
     """
     if pred.dim() != 3:
         raise ValueError(f"pred and target must be [N, H, W]; got {tuple(pred.shape)}")
-    pred, target = _checked(pred, target, num_classes, ignore_index)
-    n = target.shape[0]
-    image = torch.arange(n, device=target.device).view(n, 1, 1).expand_as(target)
-    keep = target != ignore_index
-    index = (image[keep] * num_classes + target[keep]) * num_classes + pred[keep]
-    counts = torch.bincount(index, minlength=n * num_classes * num_classes)
-    return counts.view(n, num_classes, num_classes)
+    return _counts(pred, target, num_classes, ignore_index, pred.shape[0]).contiguous()
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Return the confusion matrix int64 [C, C] of a batch (rows = label, cols = prediction)."""
-    pred, target = _checked(pred, target, num_classes, ignore_index)
-    keep = target != ignore_index
-    index = target[keep] * num_classes + pred[keep]
-    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return _counts(pred, target, num_classes, ignore_index, 1)[0].contiguous()
 
 
-def _divide(num: Tensor, den: Tensor) -> Tensor:
+def divide(num: Tensor, den: Tensor) -> Tensor:
     """Return num / den in float64 with NaN where den == 0 (an undefined ratio, not 0 or 1)."""
     num = num.double()
     den = den.double()
@@ -81,13 +92,13 @@ def _divide(num: Tensor, den: Tensor) -> Tensor:
 def class_iou(cm: Tensor) -> Tensor:
     """Return per-class IoU, float64 [..., C]; NaN for classes absent from labels and predictions."""
     tp = cm.diagonal(dim1=-2, dim2=-1)
-    return _divide(tp, cm.sum(-1) + cm.sum(-2) - tp)
+    return divide(tp, cm.sum(-1) + cm.sum(-2) - tp)
 
 
 def nanmean(values: Tensor) -> Tensor:
     """Return the mean over the last axis ignoring NaN (NaN when every value is NaN)."""
     valid = ~values.isnan()
-    return _divide(torch.where(valid, values, 0).sum(-1), valid.sum(-1))
+    return divide(torch.where(valid, values, 0).sum(-1), valid.sum(-1))
 
 
 def mean_iou(cm: Tensor) -> Tensor:
@@ -129,14 +140,14 @@ def segmentation_metrics(cm: Tensor, class_names: Sequence[str] | None = None) -
     pred_count = cm.sum(0)
     total = cm.sum()
     iou = class_iou(cm)
-    acc = _divide(tp, label_count)
-    dice = _divide(2 * tp, label_count + pred_count)
+    acc = divide(tp, label_count)
+    dice = divide(2 * tp, label_count + pred_count)
     freq = label_count.double() / max(int(total), 1)
     absent = [names[i] for i in range(num_classes) if label_count[i] + pred_count[i] == 0]
     return {
         "miou": _scalar(nanmean(iou)),
         "per_class_iou": _named(iou, names),
-        "pixel_acc": _scalar(_divide(tp.sum(), total)),
+        "pixel_acc": _scalar(divide(tp.sum(), total)),
         "mean_class_acc": _scalar(nanmean(acc)),
         "per_class_acc": _named(acc, names),
         "fw_iou": _scalar((freq * torch.nan_to_num(iou)).sum()) if total > 0 else None,
@@ -148,7 +159,7 @@ def segmentation_metrics(cm: Tensor, class_names: Sequence[str] | None = None) -
 
 
 def top_confusions(cm: Tensor, class_names: Sequence[str], k: int = 10) -> list[dict]:
-    """Return the `k` largest off-diagonal cells: label, predicted class, pixels, share of the label's pixels."""
+    """Return the `k` largest off-diagonal cells: label, predicted class, pixels, share of label pixels."""
     cm = cm.detach().to("cpu", torch.int64)
     off = cm.clone()
     off.fill_diagonal_(0)
