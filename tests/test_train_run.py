@@ -210,3 +210,21 @@ def test_bad_sample_stops_the_run_or_is_skipped_and_counted(tmp_path, capsys):
     assert [r["skipped"] for r in records] == [1, 2]  # 3 steps per epoch: im3 is drawn once in each
     assert (run_dir / "runlog").read_text().count("skipped " + str(data / "JPEGImages" / "im3.png")) == 2
     assert checkpoint.read_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["skipped"] == 2
+
+
+def test_in_process_resume_writes_into_the_resumed_run(tmp_path, monkeypatch):
+    from seglab.config import TrainConfig
+    from seglab.engine.train import train as train_fn
+
+    code, path = train(tmp_path / "runs", "--iters", "2", "--eval-every", "0", "--workers", "0", "--ckpt-every", "1")
+    assert code == 0
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    stored = checkpoint.load_model(path)[1]
+    cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+    cfg.resume = str(path)
+    # `explicit` without a "resume" key: the run folder must still be the resumed one, not the working directory
+    assert train_fn(cfg, {}) == 0
+    assert list(cwd.iterdir()) == []
+    assert "resumed from" in (path / "runlog").read_text()

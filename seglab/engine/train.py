@@ -369,7 +369,8 @@ def resume_config(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, Path, 
     if changed:
         raise TrainingError(f"cannot resume {cfg.resume}: these settings differ from its checkpoint "
                             f"{path.name}:\n  " + "\n  ".join(changed))
-    return merged, path, state
+    # The run folder comes from --resume itself, whatever `explicit` holds (the stored value is always "").
+    return dataclasses.replace(merged, resume=cfg.resume), path, state
 
 
 def restore(run: Run, state: dict, where: str) -> None:
