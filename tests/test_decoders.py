@@ -184,8 +184,8 @@ def test_models_table_lists_the_decoders(capsys):
 
 
 def test_readme_add_your_own_decoder_example_runs(monkeypatch, capsys):
-    text = (Path(__file__).parents[1] / "docs" / "readme" / "35-decoders.md").read_text()
+    text = (Path(__file__).parents[1] / "README.md").read_text()
     example = text.split("<!-- example: add-your-own-decoder -->\n```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.setattr(DECODERS, "_entries", dict(DECODERS._entries))  # the example registers "tinyfpn"
-    exec(compile(example, "35-decoders.md", "exec"), {})
+    exec(compile(example, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "torch.Size([1, 21, 224, 224])"

@@ -1,6 +1,6 @@
 """Parity with reference implementations: torchvision's DeepLabV3-ResNet50 and LR-ASPP-MobileNetV3-Large
 (same parameters; same outputs with weights copied across) and smp's Linknet('resnet18') (the parameter
-count, with every difference itemized as in docs/readme/35-decoders.md)."""
+count, with every difference itemized as in the README)."""
 
 from __future__ import annotations
 

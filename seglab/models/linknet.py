@@ -8,7 +8,7 @@ BN + ReLU; n is the width of the skip tap it is added to, so any FE works. After
 the paper's stride-1 decoder block 1 (m = n = width of the stride-4 tap) and its final block: 3x3 full
 conv x2 (-> 32), 3x3 conv (32), 2x2 full conv x2 (-> classes). With ResNet18 this is the original
 configuration (decoder widths 512->256->128->64->64->32), except that decoder block 1's output is not
-added to the max-pool output (seglab FEs expose stage outputs only; see docs/readme/35-decoders.md).
+added to the max-pool output (seglab FEs expose stage outputs only; see the README on parity).
 With dilation (output stride 16 / 8) the blocks between taps of equal actual stride do not upsample.
 """
 
