@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seglab.engine.inference import add_tta_arguments
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 GLOB_CHARS = frozenset("*?[")
 
@@ -144,25 +146,12 @@ def predict_files(model: torch.nn.Module, files: Sequence[Path], out: Path, pale
     return written
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `seglab predict`."""
     parser.add_argument("checkpoint", type=Path, help="run folder (uses checkpoints/last.pt) or checkpoint file")
     parser.add_argument("images", nargs="+", help="image files, folders and glob patterns (quote them)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--scales", type=_floats, default=(1.0,), help="comma-separated test scales, "
-                        "probabilities averaged (default 1)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
-                        help="also average the horizontally flipped image")
-    parser.add_argument("--sliding-window", type=int, metavar="SIZE",
-                        help="infer SIZE x SIZE windows instead of the whole image")
-    parser.add_argument("--stride", type=int, help="sliding-window step in pixels (default 2/3 of SIZE)")
+    add_tta_arguments(parser)
     parser.add_argument("--save-probs", choices=("npy", "safetensors"), default=None,
                         help="also write float16 class probabilities [K, H, W] in this format")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

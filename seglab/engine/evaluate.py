@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from seglab import metrics
-from seglab.engine.inference import predict_logits
+from seglab.engine.inference import add_tta_arguments, predict_logits
 
 PER_IMAGE_FILE = "per_image_cm.npz"
 DEFAULT_BOOTSTRAP = 1000
@@ -184,13 +184,6 @@ def load_per_image(eval_dir: Path) -> tuple[Tensor, list[str], list[str]]:
                 [str(c) for c in data["class_names"]])
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
-
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -205,13 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval/NAME)")
     parser.add_argument("--name", help="name of the evaluation folder (default: split plus test options, "
                         "e.g. val-ms0.5,1,1.5-flip)")
-    parser.add_argument("--scales", type=_floats, default=(1.0,), help="comma-separated test scales, "
-                        "probabilities averaged (default 1)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
-                        help="also average the horizontally flipped image")
-    parser.add_argument("--sliding-window", type=int, metavar="SIZE", help="infer SIZE x SIZE windows "
-                        "instead of the whole image (e.g. 1024 for Cityscapes 1024x2048)")
-    parser.add_argument("--stride", type=int, help="sliding-window step in pixels (default 2/3 of SIZE)")
+    add_tta_arguments(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--checkpoints", help="comma-separated checkpoints of the run to evaluate and compare, "
                        "e.g. last,step_2000,step_3000 (the first gets the full report)")

@@ -9,6 +9,7 @@ top-left H x W back is exact.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import torch
@@ -124,3 +125,22 @@ def predict_logits(
             total = probs if total is None else total + probs
             passes += 1
     return total / passes
+
+
+def comma_floats(text: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of numbers (an argparse `type`)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the test-time options shared by `seglab test` and `seglab predict`: scales, flip, sliding window."""
+    parser.add_argument("--scales", type=comma_floats, default=(1.0,), help="comma-separated test scales, "
+                        "probabilities averaged (default 1)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                        help="also average the horizontally flipped image")
+    parser.add_argument("--sliding-window", type=int, metavar="SIZE", help="infer SIZE x SIZE windows "
+                        "instead of the whole image (e.g. 1024 for Cityscapes 1024x2048)")
+    parser.add_argument("--stride", type=int, help="sliding-window step in pixels (default 2/3 of SIZE)")
