@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from data_fixtures import (
     voc_id,
 )
 from PIL import Image
-from torchvision.datasets import SBDataset, VOCSegmentation
+from torchvision.datasets import Cityscapes, SBDataset, VOCSegmentation
 
 from seglab.cli import main as seglab_main
 from seglab.data import DATASETS, BadSampleError, DatasetError, build_dataset
@@ -131,6 +133,28 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
         assert torch.equal(label, torch.from_numpy(expected))
     ids = ds.load_instances(0)
     assert set(ids.unique().tolist()) == {0, 26001, 24002}
+
+
+def test_cityscapes_matches_torchvision_cityscapes(tmp_path):
+    make_cityscapes(tmp_path)
+    ours = build_dataset("cityscapes", tmp_path, "train")
+    reference = Cityscapes(str(tmp_path), split="train", mode="fine", target_type=["semantic", "instance"])
+    # torchvision's own table of label id -> train id (255 = ignore) is the independent reference
+    train_id = np.full(256, 255, np.uint8)
+    for cls in Cityscapes.classes:
+        if cls.id >= 0:
+            train_id[cls.id] = cls.train_id if 0 <= cls.train_id < 255 else 255
+    assert len(ours) == len(reference) == 4
+    # torchvision lists files in os.listdir order; seglab sorts them: pair samples by file name
+    by_id = {Path(path).name.removesuffix("_leftImg8bit.png"): j for j, path in enumerate(reference.images)}
+    for i in range(len(ours)):
+        image, (semantic, instance) = reference[by_id[ours.sample_id(i)]]
+        our_image, our_label = ours[i]
+        assert torch.equal(our_image, torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        assert torch.equal(our_label, torch.from_numpy(train_id[np.array(semantic)]))
+        # instanceIds below 1000 are stuff/crowd label ids, not objects: seglab's contract makes them 0
+        instance = np.array(instance).astype(np.int32)
+        assert torch.equal(ours.load_instances(i), torch.from_numpy(np.where(instance >= 1000, instance, 0)))
 
 
 def test_cityscapes_rejects_undefined_label_ids(tmp_path):
