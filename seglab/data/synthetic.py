@@ -1,6 +1,6 @@
 """`synthetic`: an embedded dataset drawn on the fly, so demos and tests need no download.
 
-Each image holds 1-6 shapes (disk, square, triangle, ring, cross) of random size (from a few pixels
+Each image holds 2-6 shapes (disk, square, triangle, ring, cross) of random size (from a few pixels
 to most of the image), rotation, aspect, colour and texture, painted in order so that later ones
 occlude earlier ones, over a textured background with shape-less distractor blobs. Each class has
 its own colour and texture, but an object takes a random colour or texture often enough
