@@ -228,3 +228,19 @@ def test_in_process_resume_writes_into_the_resumed_run(tmp_path, monkeypatch):
     assert train_fn(cfg, {}) == 0
     assert list(cwd.iterdir()) == []
     assert "resumed from" in (path / "runlog").read_text()
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager_and_saves_plain_weights(tmp_path):
+    eager_code, eager = train(tmp_path / "eager", "--iters", "2", "--eval-every", "0", "--workers", "0")
+    compiled_code, compiled = train(tmp_path / "compiled", "--iters", "2", "--eval-every", "0", "--workers", "0",
+                                    "--compile")
+    assert eager_code == compiled_code == 0
+    eager_losses = [r["loss"] for r in map(json.loads, (eager / "metrics.jsonl").read_text().splitlines())]
+    compiled_losses = [r["loss"] for r in map(json.loads, (compiled / "metrics.jsonl").read_text().splitlines())]
+    assert len(compiled_losses) == len(eager_losses) == 2
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    # the checkpoint holds the plain model's keys (no torch.compile `_orig_mod.` prefix) and loads for inference
+    model, runargs = checkpoint.load_model(compiled)
+    assert runargs["compile"] is True
+    assert all(not k.startswith("_orig_mod") for k in model.state_dict())
