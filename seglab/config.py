@@ -53,6 +53,7 @@ class TrainConfig:
         "random rescale range before cropping", metavar="S"))
     flip: bool = _opt(True, "random horizontal flips")
     jitter: float = _opt(0.0, "colour jitter strength (0: off)")
+    pad_mean: bool = _opt(True, "pad crops with the FE's mean colour (0 after normalization); --no-pad-mean: black")
     workers: int = _opt(4, "DataLoader worker processes per rank")
     skip_bad_samples: bool = _opt(False, "skip (and count) unreadable samples instead of stopping")
     # optimization

@@ -27,10 +27,12 @@ def test_every_field_has_exactly_one_flag():
 
 
 def test_defaults_without_flags_and_only_given_flags_are_explicit():
-    args = parse(["--basenet", "resnet18", "--no-flip", "--scale-range", "0.75", "1.5"])
-    assert config.explicit_flags(args) == {"basenet": "resnet18", "flip": False, "scale_range": [0.75, 1.5]}
+    args = parse(["--basenet", "resnet18", "--no-flip", "--scale-range", "0.75", "1.5", "--no-pad-mean"])
+    assert config.explicit_flags(args) == {"basenet": "resnet18", "flip": False, "scale_range": [0.75, 1.5],
+                                           "pad_mean": False}
     cfg = config.from_args(args)
-    assert cfg == dataclasses.replace(TrainConfig(), basenet="resnet18", flip=False, scale_range=[0.75, 1.5])
+    assert cfg == dataclasses.replace(TrainConfig(), basenet="resnet18", flip=False, scale_range=[0.75, 1.5],
+                                      pad_mean=False)
 
 
 def test_yaml_values_are_overridden_by_flags(tmp_path):

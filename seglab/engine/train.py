@@ -446,7 +446,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, state: dict | None, where: str,
         truncate_metrics(run_dir / "metrics.jsonl", state["step"])
         checkpoint.remove_temp_files(run_dir / "checkpoints")
     augment = dataclasses.replace(augment_preset(cfg.dataset), crop=tuple(cfg.crop),
-                                  scale_range=tuple(cfg.scale_range), flip=cfg.flip, jitter=cfg.jitter)
+                                  scale_range=tuple(cfg.scale_range), flip=cfg.flip, jitter=cfg.jitter,
+                                  pad_mean=cfg.pad_mean)
     run = Run(
         cfg=cfg, info=info, raw=raw, model=raw, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.decaylr, total, cfg.warmup),
