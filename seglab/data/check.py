@@ -10,12 +10,14 @@ and, as a warning, labels holding only 0 and the ignore index (a 0/255 binary ma
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from seglab.data import io
 from seglab.data.base import DatasetError, FileDataset, Finding, SegmentationDataset
@@ -158,11 +160,18 @@ def check_dataset(dataset: SegmentationDataset, *, quick: bool = False, workers:
     indices = [i for i in range(len(dataset)) if not missing.intersection(map(str, _files(dataset, i)))]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     chunks = [indices[i:i + 64] for i in range(0, len(indices), 64)]
+    progress = tqdm(total=len(indices), desc="check", unit="sample", disable=not sys.stderr.isatty())
+    results = []
     if workers <= 1 or len(chunks) <= 1:
-        results = [[f for i in chunk for f in check_sample(dataset, i)] for chunk in chunks]
+        for chunk in chunks:
+            results.append([f for i in chunk for f in check_sample(dataset, i)])
+            progress.update(len(chunk))
     else:  # the dataset is sent once per worker process, then only index chunks
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dataset,)) as pool:
-            results = list(pool.map(_check_chunk, chunks))
+            for chunk, found in zip(chunks, pool.map(_check_chunk, chunks), strict=True):
+                results.append(found)
+                progress.update(len(chunk))
+    progress.close()
     report.findings += [f for chunk in results for f in chunk]
     report.decoded = len(indices)
     return report

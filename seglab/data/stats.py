@@ -12,9 +12,11 @@ in powers of two.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from seglab.data.base import SegmentationDataset
 from seglab.data.check import load_label
@@ -44,7 +46,7 @@ def dataset_stats(dataset: SegmentationDataset, limit: int | None = None) -> dic
     images_with = np.zeros(k, dtype=np.int64)
     ignored = 0
     objects: list[tuple[int, int]] = []
-    for index in range(count):
+    for index in tqdm(range(count), desc="stats", unit="sample", disable=not sys.stderr.isatty()):
         label = load_label(dataset, index)
         hist = torch.bincount(label.reshape(-1).long(), minlength=256).numpy()
         pixels += hist[:k]
