@@ -27,12 +27,10 @@ def count_gflops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> flo
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    meta_model = model.to("meta") if device.type == "meta" else None
     try:
         counter = FlopCounterMode(display=False)
-        x = torch.zeros(batch, 3, *size, device=device)
         with counter:
-            (meta_model or model)(x)
+            model(torch.zeros(batch, 3, *size, device=device))
         return counter.get_total_flops() / 1e9
     finally:
         model.train(was_training)
