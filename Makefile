@@ -15,6 +15,7 @@ install: $(STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check seglab tests benchmarks
+	$(VENV)/bin/ruff format --check seglab tests benchmarks
 
 test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup

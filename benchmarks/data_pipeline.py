@@ -55,7 +55,7 @@ def make_voc_like(root: Path, count: int, seed: int = 0) -> None:
         label = np.zeros((height, width), np.uint8)
         for cls in rng.integers(1, 21, 3):
             y, x = rng.integers(0, height - 60), rng.integers(0, width - 60)
-            label[y:y + rng.integers(40, 200), x:x + rng.integers(40, 200)] = cls
+            label[y : y + rng.integers(40, 200), x : x + rng.integers(40, 200)] = cls
         name = f"2009_{k:06d}"
         Image.fromarray(img).save(base / "JPEGImages" / f"{name}.jpg", quality=90)
         png = Image.fromarray(label)
@@ -122,15 +122,23 @@ def main(argv: list[str] | None = None) -> int:
                 if epoch >= 0:
                     results[name].append(rate)
     median = {name: statistics.median(v) for name, v in results.items()}
-    summary = {"images": args.images, "rounds": args.rounds, "crop": args.crop, "threads": 1,
-               "seglab_img_per_s": round(median["seglab"], 1), "common_img_per_s": round(median["common"], 1),
-               "ratio": round(median["seglab"] / median["common"], 2),
-               "spread": {n: [round(min(v), 1), round(max(v), 1)] for n, v in results.items()}}
+    summary = {
+        "images": args.images,
+        "rounds": args.rounds,
+        "crop": args.crop,
+        "threads": 1,
+        "seglab_img_per_s": round(median["seglab"], 1),
+        "common_img_per_s": round(median["common"], 1),
+        "ratio": round(median["seglab"] / median["common"], 2),
+        "spread": {n: [round(min(v), 1), round(max(v), 1)] for n, v in results.items()},
+    }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"train-transform throughput per worker (1 thread, {args.images} VOC-like JPEGs ~500x375, "
-              f"crop {args.crop}, scale 0.5-2.0, flip; median of {args.rounds} rounds)")
+        print(
+            f"train-transform throughput per worker (1 thread, {args.images} VOC-like JPEGs ~500x375, "
+            f"crop {args.crop}, scale 0.5-2.0, flip; median of {args.rounds} rounds)"
+        )
         for name in results:
             lo, hi = summary["spread"][name]
             print(f"  {name:<7} {median[name]:7.1f} images/s   (rounds: {lo}-{hi})")

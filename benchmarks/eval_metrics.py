@@ -53,8 +53,11 @@ def main() -> None:
     shape = (args.batch, args.size, args.size)
     target = torch.randint(0, NUM_CLASSES, shape, generator=g)
     target[torch.rand(shape, generator=g) < 0.05] = IGNORE
-    pred = torch.where(torch.rand(shape, generator=g) < 0.7, target.clamp(max=NUM_CLASSES - 1),
-                       torch.randint(0, NUM_CLASSES, shape, generator=g))
+    pred = torch.where(
+        torch.rand(shape, generator=g) < 0.7,
+        target.clamp(max=NUM_CLASSES - 1),
+        torch.randint(0, NUM_CLASSES, shape, generator=g),
+    )
     target, pred = target.to(device), pred.to(device)
 
     ours = confusion_matrix(pred, target, NUM_CLASSES, IGNORE)
@@ -68,13 +71,22 @@ def main() -> None:
         metric.update(pred, target)
         metric.compute()
 
-    t = timed({"ours": lambda: confusion_matrix(pred, target, NUM_CLASSES, IGNORE),
-               "per_image": lambda: per_image_confusion(pred, target, NUM_CLASSES, IGNORE),
-               "tm": lambda: run_tm(tm), "tm_fast": lambda: run_tm(tm_fast)}, device, args.repeats)
+    t = timed(
+        {
+            "ours": lambda: confusion_matrix(pred, target, NUM_CLASSES, IGNORE),
+            "per_image": lambda: per_image_confusion(pred, target, NUM_CLASSES, IGNORE),
+            "tm": lambda: run_tm(tm),
+            "tm_fast": lambda: run_tm(tm_fast),
+        },
+        device,
+        args.repeats,
+    )
     t_ours, t_per_image, t_tm, t_tm_fast = t["ours"], t["per_image"], t["tm"], t["tm_fast"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {name}, labels {target.dtype}, batch {args.batch} x {args.size}x{args.size}, {NUM_CLASSES} classes, "
-          f"median of {args.repeats}")
+    print(
+        f"device {name}, labels {target.dtype}, batch {args.batch} x {args.size}x{args.size}, {NUM_CLASSES} classes, "
+        f"median of {args.repeats}"
+    )
     print(f"seglab confusion_matrix           {1e3 * t_ours:8.2f} ms")
     print(f"seglab per_image_confusion        {1e3 * t_per_image:8.2f} ms")
     print(f"torchmetrics (validate_args=True) {1e3 * t_tm:8.2f} ms   ratio {t_tm / t_ours:.2f}x")

@@ -113,8 +113,10 @@ def main() -> None:
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    print(f"device {device}, threads {torch.get_num_threads()}, input {tuple(x.shape)}, rounds {args.rounds}, "
-          f"clock {clock_name}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, input {tuple(x.shape)}, rounds {args.rounds}, "
+        f"clock {clock_name}"
+    )
     print("| pair | mode | seglab ms (median / best) | reference ms (median / best) | ratio (median / best) |")
     print("|---|---|---:|---:|---:|")
     for name, (ours, reference, logits) in pairs().items():

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from seglab.config import TrainConfig
 from seglab.engine import distributed
 from seglab.engine.schedule import build_scheduler
-from seglab.engine.train import StopFlag, build_run, train_one_epoch
+from seglab.engine.setup import build_run
+from seglab.engine.signals import StopFlag
+from seglab.engine.train import train_one_epoch
 from seglab.models import build_model
 
 
@@ -60,24 +62,39 @@ def main() -> None:
 
     total_steps = (args.rounds + 1) * args.steps
     with tempfile.TemporaryDirectory() as runs_root:
-        cfg = TrainConfig(basenet=args.basenet, decoder=args.decoder, pretrained="none", dataset="synthetic",
-                          dataset_options={"length": 4 * args.batch_size, "size": args.crop}, crop=[args.crop],
-                          batch_size=args.batch_size, iters=10 * total_steps, workers=0, log_every=20, eval_every=0,
-                          ckpt_every=10 * total_steps, keep=0, runs_root=runs_root, device=args.device, amp=args.amp,
-                          channels_last=args.channels_last)
+        cfg = TrainConfig(
+            basenet=args.basenet,
+            decoder=args.decoder,
+            pretrained="none",
+            dataset="synthetic",
+            dataset_options={"length": 4 * args.batch_size, "size": args.crop},
+            crop=[args.crop],
+            batch_size=args.batch_size,
+            iters=10 * total_steps,
+            workers=0,
+            log_every=20,
+            eval_every=0,
+            ckpt_every=10 * total_steps,
+            keep=0,
+            runs_root=runs_root,
+            device=args.device,
+            amp=args.amp,
+            channels_last=args.channels_last,
+        )
         info = distributed.init(cfg.device)
-        run, loader, _ = build_run(cfg, info, None, "", StopFlag())
-        device, amp_dtype = info.device, run.amp_dtype
-        batches = list(loader)  # in memory: both loops read the same decoded, augmented batches
+        run = build_run(cfg, {}, info, None, StopFlag())
+        device, amp_dtype = info.device, run.opt.amp_dtype
+        batches = list(run.data.loader)  # in memory: both loops read the same decoded, augmented batches
         rounds = [[batches[i % len(batches)] for i in range(args.steps)]] * (args.rounds + 1)
 
         torch.manual_seed(0)
-        model = build_model(args.basenet, args.decoder, run.raw.num_classes).to(device)
+        model = build_model(args.basenet, args.decoder, run.net.raw.num_classes).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learnrate, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.learnrate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         scheduler = build_scheduler(optimizer, "poly", 10 * total_steps)
 
         timings: dict[str, list[float]] = {"bare": [], "seglab": []}
@@ -96,9 +113,11 @@ def main() -> None:
         distributed.cleanup()
 
     bare, ours = statistics.median(timings["bare"]), statistics.median(timings["seglab"])
-    print(f"{args.basenet} x {args.decoder}, batch {args.batch_size}, {args.crop} px, {device}, amp {run.cfg.amp}: "
-          f"bare {bare:.2f} steps/s, seglab {ours:.2f} steps/s, ratio seglab/bare {ours / bare:.3f} "
-          f"(median of {args.rounds} rounds of {args.steps} steps)")
+    print(
+        f"{args.basenet} x {args.decoder}, batch {args.batch_size}, {args.crop} px, {device}, amp {run.cfg.amp}: "
+        f"bare {bare:.2f} steps/s, seglab {ours:.2f} steps/s, ratio seglab/bare {ours / bare:.3f} "
+        f"(median of {args.rounds} rounds of {args.steps} steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""seglab: any pretrained feature extractor x any decoder, trained from one command, evaluated honestly."""
+"""seglab: any pretrained basenet (feature extractor) x any decoder, trained from one command, evaluated honestly.
 
+The library API: `build_model` and `build_dataset` here; every command's workflow takes its typed config
+from `seglab.config` (`seglab.engine.train.train`, `seglab.evaluation.test`, `seglab.compare.compare_runs`,
+`seglab.export.export`, `seglab.predict.predict`, `seglab.bench.bench`, `seglab.study.run_study`).
+"""
+
+from seglab.data import build_dataset
 from seglab.models import build_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["__version__", "build_model"]
+__all__ = ["__version__", "build_dataset", "build_model"]

@@ -7,7 +7,6 @@ matrices saved there are resampled together (see `seglab.metrics.bootstrap`).
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ import torch
 from matplotlib.figure import Figure
 
 from seglab import metrics
-from seglab.engine.evaluate import DEFAULT_BOOTSTRAP, load_per_image
+from seglab.config import CompareConfig
+from seglab.errors import ConfigError, PathError
 from seglab.report import ci_text, html_page, md_table, pct, png, png_uri
+from seglab.runs import EvalDir, RunDir, atomic_write, is_run, read_metrics
 
 
 @dataclass
@@ -33,57 +34,61 @@ class EvaluatedRun:
     class_names: list[str]
 
 
-def load_run(path: Path, eval_name: str) -> EvaluatedRun:
+def load_evaluation(path: Path, eval_name: str) -> EvaluatedRun:
     """Return the evaluation of a run folder (its eval/`eval_name`) or of an evaluation folder itself."""
-    if (path / "metrics.json").is_file():
-        eval_dir = path
-        run_dir = path.parent.parent if path.parent.name == "eval" else None
-    elif path.is_dir():
-        eval_dir = path / "eval" / eval_name
-        run_dir = path
-        if not (eval_dir / "metrics.json").is_file():
-            raise FileNotFoundError(f"{eval_dir / 'metrics.json'} is missing: run `seglab test {path}` first "
-                                    f"(or pass --eval NAME of an existing eval/ folder)")
+    if EvalDir(path).exists():
+        evaluation = EvalDir(path)
+        run_dir = evaluation.run.path if evaluation.run is not None else None
+        label = f"{run_dir.name}:{path.name}" if run_dir is not None else path.name  # two of one run may be compared
+    elif path.is_dir() and is_run(path):
+        evaluation = RunDir(path).eval_dir(eval_name)
+        run_dir, label = path, path.name
+        if not evaluation.exists():
+            raise PathError(
+                f"{evaluation.metrics} is missing: run `seglab test {path}` first "
+                f"(or pass --eval-name NAME of an existing eval/ folder)"
+            )
+    elif path.exists():
+        raise PathError(f"{path} is neither a run folder nor an evaluation folder (one holding metrics.json)")
     else:
-        raise FileNotFoundError(f"{path} is neither a run folder nor an evaluation folder")
-    summary = json.loads((eval_dir / "metrics.json").read_text())
-    cms, ids, names = load_per_image(eval_dir)
-    if eval_dir == path:  # an evaluation folder: name it with its run, as two of one run may be compared
-        label = f"{run_dir.name}:{eval_dir.name}" if run_dir is not None else eval_dir.name
-    else:
-        label = run_dir.name
-    return EvaluatedRun(label, run_dir, eval_dir, summary, cms, ids, names)
+        raise PathError(f"{path} does not exist: give run folders or evaluation folders")
+    summary = evaluation.read_summary()
+    arrays = evaluation.read_arrays()
+    return EvaluatedRun(
+        label,
+        run_dir,
+        evaluation.path,
+        summary,
+        torch.from_numpy(arrays["per_image_cm"]),
+        [str(i) for i in arrays["image_ids"]],
+        [str(c) for c in arrays["class_names"]],
+    )
 
 
 def aligned(base: EvaluatedRun, other: EvaluatedRun) -> torch.Tensor:
     """Return `other`'s per-image matrices in `base`'s image order; raise if the image sets differ."""
     if other.class_names != base.class_names:
-        raise ValueError(f"{other.eval_dir} has classes {other.class_names}, {base.eval_dir} has "
-                         f"{base.class_names}: runs on different label sets cannot be compared")
+        raise ConfigError(
+            f"{other.eval_dir} has classes {other.class_names}, {base.eval_dir} has "
+            f"{base.class_names}: runs on different label sets cannot be compared"
+        )
     only_base = sorted(set(base.image_ids) - set(other.image_ids))
     only_other = sorted(set(other.image_ids) - set(base.image_ids))
     if only_base or only_other or len(set(other.image_ids)) != len(other.image_ids):
-        raise ValueError(f"{base.eval_dir} and {other.eval_dir} were evaluated on different image sets: "
-                         f"{len(only_base)} images only in the first (e.g. {only_base[:3]}), "
-                         f"{len(only_other)} only in the second (e.g. {only_other[:3]}); "
-                         "evaluate both on the same split without --limit differences")
+        raise ConfigError(
+            f"{base.eval_dir} and {other.eval_dir} were evaluated on different image sets: "
+            f"{len(only_base)} images only in the first (e.g. {only_base[:3]}), "
+            f"{len(only_other)} only in the second (e.g. {only_other[:3]}); "
+            "evaluate both on the same split without --limit differences"
+        )
     position = {image: i for i, image in enumerate(other.image_ids)}
     return other.per_image_cm[[position[image] for image in base.image_ids]]
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Return {key: [(step, value)]} of the numeric keys in a run's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
     curves: dict[str, list[tuple[int, float]]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object: {err}") from err
-        if "step" not in record:
-            raise ValueError(f"{path}:{number}: record without a 'step'")
+    for record in read_metrics(RunDir(run_dir).metrics):
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 curves.setdefault(key, []).append((int(record["step"]), float(value)))
@@ -114,10 +119,10 @@ def _p_text(p: float, resamples: int) -> str:
     return f"< {1 / resamples:.3g}" if p <= 1 / resamples else f"{p:.3g}"
 
 
-def compare(runs: list[EvaluatedRun], resamples: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+def compare(runs: list[EvaluatedRun], resamples: int = metrics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
     """Return the comparison: per-run metrics, per-class IoU deltas and paired bootstraps vs the first run."""
     if len(runs) < 2:
-        raise ValueError("compare needs at least two runs")
+        raise ConfigError("compare needs at least two runs")
     base = runs[0]
     tests = []
     for other in runs[1:]:
@@ -126,83 +131,126 @@ def compare(runs: list[EvaluatedRun], resamples: int = DEFAULT_BOOTSTRAP, seed: 
     deltas = {}
     for name in base.class_names:
         ref = base.summary["per_class_iou"][name]
-        deltas[name] = [None if ref is None or r.summary["per_class_iou"][name] is None
-                        else r.summary["per_class_iou"][name] - ref for r in runs[1:]]
-    return {"runs": [{"label": r.label, "eval_dir": str(r.eval_dir), **{k: r.summary.get(k) for k in (
-                "miou", "miou_ci", "pixel_acc", "mean_class_acc", "fw_iou", "dice", "model")},
-                      "boundary_miou": r.summary["boundary"]["miou"],
-                      "iiou": (r.summary.get("sizes") or {}).get("iiou")} for r in runs],
-            "paired_bootstrap": tests, "per_class_iou": base.summary["per_class_iou"],
-            "per_class_iou_delta": deltas, "num_images": len(base.image_ids)}
+        deltas[name] = [
+            None if ref is None or r.summary["per_class_iou"][name] is None else r.summary["per_class_iou"][name] - ref
+            for r in runs[1:]
+        ]
+    return {
+        "runs": [
+            {
+                "label": r.label,
+                "eval_dir": str(r.eval_dir),
+                **{
+                    k: r.summary.get(k)
+                    for k in ("miou", "miou_ci", "pixel_acc", "mean_class_acc", "fw_iou", "dice", "model")
+                },
+                "boundary_miou": r.summary["boundary"]["miou"],
+                "iiou": (r.summary.get("sizes") or {}).get("iiou"),
+            }
+            for r in runs
+        ],
+        "paired_bootstrap": tests,
+        "per_class_iou": base.summary["per_class_iou"],
+        "per_class_iou_delta": deltas,
+        "num_images": len(base.image_ids),
+    }
 
 
 def markdown(result: dict, curves_src: str | None) -> str:
     """Return the comparison as Markdown; `curves_src` is the training-curves image (file or data URI)."""
     runs = result["runs"]
-    lines = [f"# seglab compare: {' vs '.join(r['label'] for r in runs)}", "",
-             f"All runs evaluated on the same {result['num_images']} images.", ""]
+    lines = [
+        f"# seglab compare: {' vs '.join(r['label'] for r in runs)}",
+        "",
+        f"All runs evaluated on the same {result['num_images']} images.",
+        "",
+    ]
     rows = []
     for r in runs:
         model = r.get("model") or {}
-        rows.append([r["label"], model.get("basenet") or "?", model.get("decoder") or "?", pct(r["miou"], 2),
-                     ci_text(r["miou_ci"]), pct(r["pixel_acc"], 2), pct(r["mean_class_acc"], 2),
-                     pct(r["fw_iou"], 2), pct(r["dice"], 2), pct(r["boundary_miou"], 2), pct(r["iiou"], 2)])
-    lines += md_table(["run", "FE", "decoder", "mIoU", "95% CI", "pixel acc", "mean class acc", "fw IoU",
-                       "Dice", "Boundary IoU", "iIoU"], rows)
+        rows.append(
+            [
+                r["label"],
+                model.get("basenet") or "?",
+                model.get("decoder") or "?",
+                pct(r["miou"], 2),
+                ci_text(r["miou_ci"]),
+                pct(r["pixel_acc"], 2),
+                pct(r["mean_class_acc"], 2),
+                pct(r["fw_iou"], 2),
+                pct(r["dice"], 2),
+                pct(r["boundary_miou"], 2),
+                pct(r["iiou"], 2),
+            ]
+        )
+    lines += md_table(
+        [
+            "run",
+            "basenet",
+            "decoder",
+            "mIoU",
+            "95% CI",
+            "pixel acc",
+            "mean class acc",
+            "fw IoU",
+            "Dice",
+            "Boundary IoU",
+            "iIoU",
+        ],
+        rows,
+    )
     lines += ["", "## mIoU difference vs the first run (paired bootstrap over images)", ""]
     test_rows = []
     for t in result["paired_bootstrap"]:
         low, high = t["ci"]
         verdict = ("yes" if low is not None and (low > 0 or high < 0) else "no") + f" (at {1 - t['level']:.0%})"
-        test_rows.append([f"{t['run']} - {t['baseline']}", f"{100 * t['diff']:+.2f}",
-                          f"{100 * low:+.2f} to {100 * high:+.2f}", _p_text(t["p_value"], t["resamples"]),
-                          verdict])
-    lines += md_table(["difference", "ΔmIoU (points)", "95% CI", "p-value (two-sided)", "significant"],
-                      test_rows)
+        test_rows.append(
+            [
+                f"{t['run']} - {t['baseline']}",
+                f"{100 * t['diff']:+.2f}",
+                f"{100 * low:+.2f} to {100 * high:+.2f}",
+                _p_text(t["p_value"], t["resamples"]),
+                verdict,
+            ]
+        )
+    lines += md_table(["difference", "ΔmIoU (points)", "95% CI", "p-value (two-sided)", "significant"], test_rows)
     resamples = result["paired_bootstrap"][0]["resamples"]
     lines += ["", f"{resamples} paired resamples; the p-value cannot be resolved below 1/{resamples}.", ""]
     lines += ["## Per-class IoU", ""]
     header = ["class", runs[0]["label"], *(f"Δ {r['label']}" for r in runs[1:])]
-    lines += md_table(header, [[name, pct(result["per_class_iou"][name]),
-                                *("–" if d is None else f"{100 * d:+.1f}" for d in deltas)]
-                               for name, deltas in result["per_class_iou_delta"].items()])
+    lines += md_table(
+        header,
+        [
+            [name, pct(result["per_class_iou"][name]), *("–" if d is None else f"{100 * d:+.1f}" for d in deltas)]
+            for name, deltas in result["per_class_iou_delta"].items()
+        ],
+    )
     if curves_src:
         lines += ["", "## Training curves", "", f"![training curves]({curves_src})"]
     return "\n".join(lines) + "\n"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `seglab compare`."""
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (or eval folders); the first is the "
-                        "baseline")
-    parser.add_argument("--eval", default="val", metavar="NAME",
-                        help="evaluation of each run folder to compare: RUN/eval/NAME (default val)")
-    parser.add_argument("--out", type=Path, help="folder for compare.md, compare.html, compare.json, curves.png "
-                        "(default ./compare-A-vs-B)")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
-                        help=f"paired bootstrap resamples (default {DEFAULT_BOOTSTRAP})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run `seglab compare`: print the comparison and write it to --out."""
-    runs = [load_run(path, args.eval) for path in args.runs]
-    result = compare(runs, resamples=args.bootstrap, seed=args.seed)
-    out_dir = args.out or Path("compare-" + "-vs-".join(r.label.replace(":", "_") for r in runs))
+def compare_runs(cfg: CompareConfig) -> Path:
+    """Run `seglab compare`: print the comparison and write compare.md/.html/.json and curves.png; return
+    the output folder."""
+    runs = [load_evaluation(Path(path), cfg.eval_name) for path in cfg.runs]
+    result = compare(runs, resamples=cfg.bootstrap, seed=cfg.seed)
+    out_dir = Path(cfg.out) if cfg.out else Path("compare-" + "-vs-".join(r.label.replace(":", "_") for r in runs))
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = {}
     for run in runs:
-        if run.run_dir is not None and (run.run_dir / "metrics.jsonl").is_file():
+        if run.run_dir is not None and RunDir(run.run_dir).metrics.is_file():
             curves[run.label] = read_curves(run.run_dir)
         else:
             print(f"note: no metrics.jsonl for {run.label}; its training curves are not plotted")
     figure = curves_figure(curves)
     if figure is not None:
-        (out_dir / "curves.png").write_bytes(figure)
+        atomic_write(out_dir / "curves.png", figure)
     print(markdown(result, None))
-    (out_dir / "compare.md").write_text(markdown(result, "curves.png" if figure else None))
-    (out_dir / "compare.html").write_text(html_page("seglab compare",
-                                                    markdown(result, png_uri(figure) if figure else None)))
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out_dir / "compare.md", markdown(result, "curves.png" if figure else None))
+    atomic_write(
+        out_dir / "compare.html", html_page("seglab compare", markdown(result, png_uri(figure) if figure else None))
+    )
+    atomic_write(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out_dir / 'compare.md'}, {out_dir / 'compare.html'} and {out_dir / 'compare.json'}")
-    return 0
+    return out_dir

@@ -1,15 +1,22 @@
-"""A small name -> factory registry, used where extension is the point (FEs, decoders, datasets)."""
+"""A small name -> entry registry, used where extension is the point (basenets, decoders, datasets).
+
+A name no entry has triggers one load of the installed plugins (`seglab.plugins`) before it is refused,
+so a decoder from an installed plugin package is found by `build_model` as by the command line.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from seglab import plugins
+from seglab.errors import ConfigError
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names (and aliases) to factories; `register` is usable as a decorator."""
+    """Maps names (and aliases) to entries; `register` is usable as a decorator."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -38,9 +45,14 @@ class Registry(Generic[T]):
         return self.canonical(name) in self._entries
 
     def __getitem__(self, name: str) -> T:
+        if name not in self and plugins.load_entry_points():
+            return self[name]
         key = self.canonical(name)
         if key not in self._entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())} "
+                "(or register your own in a plugin module: see `--plugins`)"
+            )
         return self._entries[key]
 
     def __iter__(self) -> Iterator[str]:

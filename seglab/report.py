@@ -18,13 +18,10 @@ import markdown as markdown_lib
 import numpy as np
 from matplotlib.figure import Figure
 
-IGNORE_COLOUR = (255, 255, 255)
-OVERLAY_ALPHA = 0.55
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    """Return a share as a percentage with `digits` decimals ("–" for None)."""
-    return "–" if value is None else f"{100 * value:.{digits}f}"
+from seglab import tables
+from seglab.runs import atomic_write
+from seglab.tables import percent as pct
+from seglab.visual import overlay
 
 
 def ci_text(interval: Sequence[float | None] | None) -> str:
@@ -34,28 +31,20 @@ def ci_text(interval: Sequence[float | None] | None) -> str:
     return f"{pct(interval[0])}–{pct(interval[1])}"
 
 
-def colourize(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Return an RGB uint8 [H, W, 3] rendering of a class map; ignored pixels white."""
-    palette = np.asarray(palette, dtype=np.uint8)
-    rgb = palette[np.clip(label, 0, len(palette) - 1)]
-    rgb[label == ignore_index] = IGNORE_COLOUR
-    return rgb
-
-
-def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Return the image [H, W, 3] blended with the colourized class map."""
-    blended = (1 - OVERLAY_ALPHA) * image.astype(np.float32) + OVERLAY_ALPHA * colourize(label, palette,
-                                                                                         ignore_index)
-    return blended.round().astype(np.uint8)
-
-
 def gallery_items(dataset, result) -> list[dict]:
     """Return the worst images of an EvalResult as dicts: id, miou, image, label, prediction (numpy)."""
     items = []
     for miou, index, pred in result.worst:
         image, label = dataset.load(index)
-        items.append({"id": dataset.sample_id(index), "miou": miou, "image": image.permute(1, 2, 0).numpy(),
-                      "label": label.numpy(), "prediction": pred.numpy()})
+        items.append(
+            {
+                "id": dataset.sample_id(index),
+                "miou": miou,
+                "image": image.permute(1, 2, 0).numpy(),
+                "label": label.numpy(),
+                "prediction": pred.numpy(),
+            }
+        )
     return items
 
 
@@ -78,8 +67,15 @@ def confusion_figure(cm: np.ndarray, names: Sequence[str]) -> bytes:
         for r in range(n):
             for c in range(n):
                 if norm[r, c] >= 0.005:
-                    ax.text(c, r, f"{norm[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[r, c] > 0.5 else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{norm[r, c]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[r, c] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return png(fig)
 
@@ -122,9 +118,11 @@ def gallery_figure(items: Sequence[dict], palette: np.ndarray, ignore_index: int
     """Return a PNG grid: one row per image with the image, the label and the prediction overlays."""
     fig = Figure(figsize=(9, 3 * len(items)))
     for row, item in enumerate(items):
-        panels = [("image", item["image"]),
-                  ("label", overlay(item["image"], item["label"], palette, ignore_index)),
-                  ("prediction", overlay(item["image"], item["prediction"], palette, ignore_index))]
+        panels = [
+            ("image", item["image"]),
+            ("label", overlay(item["image"], item["label"], palette, ignore_index)),
+            ("prediction", overlay(item["image"], item["prediction"], palette, ignore_index)),
+        ]
         for col, (title, picture) in enumerate(panels):
             ax = fig.add_subplot(len(items), 3, 3 * row + col + 1)
             ax.imshow(picture)
@@ -135,24 +133,26 @@ def gallery_figure(items: Sequence[dict], palette: np.ndarray, ignore_index: int
 
 
 def results_row(summary: dict) -> tuple[str, str]:
-    """Return (header, row) of the paste-ready Markdown results table: FE, decoder, params, GFLOPs, mIoU."""
+    """Return (header, row) of the paste-ready Markdown results table: basenet, decoder, params, GFLOPs, mIoU."""
     model = summary.get("model") or {}
     size = model.get("gflops_size") or ["?", "?"]
-    header = (f"| FE | decoder | params (M) | GFLOPs @ {size[0]}x{size[1]} | {summary['dataset']['name']} "
-              f"{summary['dataset']['split']} mIoU (95% CI) |\n|---|---|---:|---:|---:|")
+    header = (
+        f"| basenet | decoder | params (M) | GFLOPs @ {size[0]}x{size[1]} | {summary['dataset']['name']} "
+        f"{summary['dataset']['split']} mIoU (95% CI) |\n|---|---|---:|---:|---:|"
+    )
     params = model.get("params")
     gflops = model.get("gflops")
-    row = (f"| {model.get('basenet', '?')} | {model.get('decoder', '?')} | "
-           f"{'?' if params is None else f'{params / 1e6:.2f}'} | {'?' if gflops is None else f'{gflops:.1f}'} | "
-           f"{pct(summary['miou'])} ({ci_text(summary['miou_ci'])}) |")
+    row = (
+        f"| {model.get('basenet', '?')} | {model.get('decoder', '?')} | "
+        f"{'?' if params is None else f'{params / 1e6:.2f}'} | {'?' if gflops is None else f'{gflops:.1f}'} | "
+        f"{pct(summary['miou'])} ({ci_text(summary['miou_ci'])}) |"
+    )
     return header, row
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Return the lines of a Markdown table, first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "--:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
+    return tables.markdown(header, rows).splitlines()
 
 
 def markdown(summary: dict, figures: dict[str, str]) -> str:
@@ -161,66 +161,106 @@ def markdown(summary: dict, figures: dict[str, str]) -> str:
     opts = summary.get("test_options") or {}
     dataset = summary.get("dataset") or {"name": "?", "split": "?"}
     model = summary.get("model") or {}
-    lines = [f"# seglab evaluation: {model.get('basenet', '?')} + {model.get('decoder', '?')} on "
-             f"{dataset['name']} {dataset['split']}", ""]
-    lines += [f"**mIoU {pct(summary['miou'], 2)}** (95% CI {ci_text(summary['miou_ci'])}; bootstrap over "
-              f"{summary['num_images']} images, {boot['resamples']} resamples, seed {boot['seed']})", ""]
+    lines = [
+        f"# seglab evaluation: {model.get('basenet', '?')} + {model.get('decoder', '?')} on "
+        f"{dataset['name']} {dataset['split']}",
+        "",
+    ]
+    lines += [
+        f"**mIoU {pct(summary['miou'], 2)}** (95% CI {ci_text(summary['miou_ci'])}; bootstrap over "
+        f"{summary['num_images']} images, {boot['resamples']} resamples, seed {boot['seed']})",
+        "",
+    ]
     spread = summary.get("checkpoint_spread")
     if spread:
-        lines += [f"Across {len(spread['checkpoints'])} checkpoints: mIoU {pct(spread['mean'], 2)} ± "
-                  f"{pct(spread['std'], 2)} (mean ± std), range {pct(spread['min'], 2)}–{pct(spread['max'], 2)}.", ""]
+        lines += [
+            f"Across {len(spread['checkpoints'])} checkpoints: mIoU {pct(spread['mean'], 2)} ± "
+            f"{pct(spread['std'], 2)} (mean ± std), range {pct(spread['min'], 2)}–{pct(spread['max'], 2)}.",
+            "",
+        ]
     sizes = summary.get("sizes")
     headline = [
         ("pixel accuracy", pct(summary["pixel_acc"], 2)),
         ("mean class accuracy", pct(summary["mean_class_acc"], 2)),
         ("frequency-weighted IoU", pct(summary["fw_iou"], 2)),
         ("mean Dice / F1", pct(summary["dice"], 2)),
-        (f"Boundary IoU (band {summary['boundary']['dilation_ratio']:g} x diagonal)",
-         pct(summary["boundary"]["miou"], 2)),
+        (
+            f"Boundary IoU (band {summary['boundary']['dilation_ratio']:g} x diagonal)",
+            pct(summary["boundary"]["miou"], 2),
+        ),
         ("instance-averaged IoU (iIoU)", "no instance masks" if sizes is None else pct(sizes["iiou"], 2)),
-        ("test options", f"scales {opts.get('scales', [1.0])}, flip {opts.get('flip', False)}, "
-                         f"sliding window {opts.get('window') or 'off'}"),
+        (
+            "test options",
+            f"scales {opts.get('scales', [1.0])}, flip {opts.get('flip', False)}, "
+            f"sliding window {opts.get('window') or 'off'}",
+        ),
     ]
     lines += [*md_table(["metric", "value"], headline), ""]
     header, row = results_row(summary)
     lines += ["## Results-table row", "", header, row, ""]
     if spread:
         lines += ["## Checkpoint spread", ""]
-        lines += md_table(["checkpoint", "mIoU", "95% CI"],
-                        [(e["checkpoint"], pct(e["miou"], 2), ci_text(e["miou_ci"])) for e in spread["checkpoints"]])
-        lines += ["", f"mean {pct(spread['mean'], 2)}, std {pct(spread['std'], 2)}, range "
-                      f"{pct(spread['min'], 2)}–{pct(spread['max'], 2)} over {len(spread['checkpoints'])} "
-                      "checkpoints", ""]
+        lines += md_table(
+            ["checkpoint", "mIoU", "95% CI"],
+            [(e["checkpoint"], pct(e["miou"], 2), ci_text(e["miou_ci"])) for e in spread["checkpoints"]],
+        )
+        lines += [
+            "",
+            f"mean {pct(spread['mean'], 2)}, std {pct(spread['std'], 2)}, range "
+            f"{pct(spread['min'], 2)}–{pct(spread['max'], 2)} over {len(spread['checkpoints'])} "
+            "checkpoints",
+            "",
+        ]
     lines += ["## Per class", "", f"![per-class IoU]({figures['per_class']})", ""]
     names = list(summary["per_class_iou"])
     rows = []
     for n in names:
         rec = sizes["per_class_recall"][n] if sizes else [None, None, None]
-        rows.append([n, pct(summary["per_class_iou"][n]), ci_text(summary["per_class_iou_ci"][n]),
-                     pct(summary["per_class_acc"][n]), pct(summary["per_class_dice"][n]),
-                     pct(summary["boundary"]["per_class_iou"][n]),
-                     pct(sizes["per_class_iiou"][n]) if sizes else "–", *(pct(r) for r in rec)])
-    lines += md_table(["class", "IoU", "95% CI", "acc", "Dice", "Boundary IoU", "iIoU", "recall S", "recall M",
-                     "recall L"], rows)
+        rows.append(
+            [
+                n,
+                pct(summary["per_class_iou"][n]),
+                ci_text(summary["per_class_iou_ci"][n]),
+                pct(summary["per_class_acc"][n]),
+                pct(summary["per_class_dice"][n]),
+                pct(summary["boundary"]["per_class_iou"][n]),
+                pct(sizes["per_class_iiou"][n]) if sizes else "–",
+                *(pct(r) for r in rec),
+            ]
+        )
+    lines += md_table(
+        ["class", "IoU", "95% CI", "acc", "Dice", "Boundary IoU", "iIoU", "recall S", "recall M", "recall L"], rows
+    )
     if summary["absent_classes"]:
-        lines += ["", "Absent from labels and predictions (left out of means): "
-                  + ", ".join(summary["absent_classes"])]
+        lines += ["", "Absent from labels and predictions (left out of means): " + ", ".join(summary["absent_classes"])]
     lines += [""]
     if sizes:
         lines += ["## Per object size", "", f"![object recall by size]({figures['sizes']})", ""]
-        lines += md_table(["size", "area (px)", "objects", "mean recall", "pixel recall"],
-                        [(b["name"], b["range"], str(b["objects"]), pct(b["mean_recall"]),
-                          pct(b["pixel_recall"])) for b in sizes["bins"]])
+        lines += md_table(
+            ["size", "area (px)", "objects", "mean recall", "pixel recall"],
+            [
+                (b["name"], b["range"], str(b["objects"]), pct(b["mean_recall"]), pct(b["pixel_recall"]))
+                for b in sizes["bins"]
+            ],
+        )
         lines += ["", "Recall of an object: share of its pixels predicted as its class.", ""]
     lines += ["## Failure analysis", "", f"![confusion matrix]({figures['confusion']})", ""]
     if summary["top_confusions"]:
-        lines += md_table(["label", "predicted as", "pixels", "share of label"],
-                        [(t["label"], t["predicted"], str(t["pixels"]), pct(t["share_of_label"]))
-                         for t in summary["top_confusions"]])
+        lines += md_table(
+            ["label", "predicted as", "pixels", "share of label"],
+            [
+                (t["label"], t["predicted"], str(t["pixels"]), pct(t["share_of_label"]))
+                for t in summary["top_confusions"]
+            ],
+        )
         lines += [""]
     if "gallery" in figures:
-        lines += [f"### Worst {len(summary['worst_images'])} images by per-image mIoU", "",
-                  f"![worst images]({figures['gallery']})", ""]
+        lines += [
+            f"### Worst {len(summary['worst_images'])} images by per-image mIoU",
+            "",
+            f"![worst images]({figures['gallery']})",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -233,29 +273,31 @@ def write_report(out_dir: Path, summary: dict, gallery: Sequence[dict], palette:
     """Write the figures, report.md and a self-contained report.html to `out_dir`; return (html, md) paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(summary["per_class_iou"])
-    pngs = {"per_class": per_class_figure(summary),
-            "confusion": confusion_figure(np.array(summary["confusion_matrix"]), names)}
+    pngs = {
+        "per_class": per_class_figure(summary),
+        "confusion": confusion_figure(np.array(summary["confusion_matrix"]), names),
+    }
     if summary.get("sizes"):
         pngs["sizes"] = size_figure(summary["sizes"])
     if gallery:
         pngs["gallery"] = gallery_figure(gallery, palette, summary.get("ignore_index", 255))
     files = {}
     for key, data in pngs.items():
-        (out_dir / f"{key}.png").write_bytes(data)
+        atomic_write(out_dir / f"{key}.png", data)
         files[key] = f"{key}.png"
-    md_path = out_dir / "report.md"
-    md_path.write_text(markdown(summary, files))
+    md_path = atomic_write(out_dir / "report.md", markdown(summary, files))
     uris = {k: png_uri(v) for k, v in pngs.items()}
-    html_path = out_dir / "report.html"
-    html_path.write_text(html_page("seglab evaluation", markdown(summary, uris)))
+    html_path = atomic_write(out_dir / "report.html", html_page("seglab evaluation", markdown(summary, uris)))
     return html_path, md_path
 
 
 def html_page(title: str, text: str) -> str:
     """Return a self-contained HTML page rendering Markdown `text` (images must be data URIs)."""
     body = markdown_lib.markdown(text, extensions=["tables"])
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def png_uri(data: bytes) -> str:

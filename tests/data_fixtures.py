@@ -27,20 +27,21 @@ def image_array(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def blocks_label(rng: np.random.Generator, height: int, width: int, classes: list[int],
-                 boundary: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def blocks_label(
+    rng: np.random.Generator, height: int, width: int, classes: list[int], boundary: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A label of rectangles of the given class values on 0, and its instance ids [H, W]."""
     label = np.zeros((height, width), np.uint8)
     instances = np.zeros((height, width), np.uint8)
     for k, cls in enumerate(classes, start=1):
         y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
         h, w = rng.integers(4, height - y + 1), rng.integers(4, width - x + 1)
-        label[y:y + h, x:x + w] = cls
-        instances[y:y + h, x:x + w] = k
+        label[y : y + h, x : x + w] = cls
+        instances[y : y + h, x : x + w] = k
         if boundary is not None:
             for arr in (label, instances):
-                arr[y, x:x + w] = boundary
-                arr[y + h - 1, x:x + w] = boundary
+                arr[y, x : x + w] = boundary
+                arr[y + h - 1, x : x + w] = boundary
     return label, instances
 
 
@@ -70,8 +71,9 @@ def voc_id(k: int) -> str:
     return f"2008_{k:06d}"
 
 
-def make_voc(root: Path, train: list[int], val: list[int], size: tuple[int, int] = (40, 56),
-             sbd_only: list[int] = ()) -> Path:
+def make_voc(
+    root: Path, train: list[int], val: list[int], size: tuple[int, int] = (40, 56), sbd_only: list[int] = ()
+) -> Path:
     """VOCdevkit/VOC2012 with JPEGImages, SegmentationClass/Object (palette PNGs, 255 boundaries) and
     ImageSets/Segmentation lists. Ids in `sbd_only` get an image but no VOC annotation (as in VOC)."""
     base = root / "VOCdevkit" / "VOC2012"
@@ -101,19 +103,38 @@ def make_sbd(root: Path, train: list[int], val: list[int], size: tuple[int, int]
         label, instances = blocks_label(rng, height, width, [1 + (5 * k) % 20, 1 + (7 * k) % 20])
         (base / "cls").mkdir(parents=True, exist_ok=True)
         (base / "inst").mkdir(parents=True, exist_ok=True)
-        savemat(base / "cls" / f"{voc_id(k)}.mat",
-                {"GTcls": {"Segmentation": label, "Boundaries": np.zeros((20, 1), dtype=object),
-                           "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8)}})
-        savemat(base / "inst" / f"{voc_id(k)}.mat",
-                {"GTinst": {"Segmentation": instances, "Boundaries": np.zeros((2, 1), dtype=object),
-                            "Categories": np.array([[1], [2]], dtype=np.uint8)}})
+        savemat(
+            base / "cls" / f"{voc_id(k)}.mat",
+            {
+                "GTcls": {
+                    "Segmentation": label,
+                    "Boundaries": np.zeros((20, 1), dtype=object),
+                    "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8),
+                }
+            },
+        )
+        savemat(
+            base / "inst" / f"{voc_id(k)}.mat",
+            {
+                "GTinst": {
+                    "Segmentation": instances,
+                    "Boundaries": np.zeros((2, 1), dtype=object),
+                    "Categories": np.array([[1], [2]], dtype=np.uint8),
+                }
+            },
+        )
     write_list(base / "train.txt", [voc_id(k) for k in train])
     write_list(base / "val.txt", [voc_id(k) for k in val])
     return base
 
 
-def make_cityscapes(root: Path, split: str = "train", cities: tuple[str, ...] = ("aachen", "bremen"),
-                    per_city: int = 2, size: tuple[int, int] = (32, 64)) -> list[np.ndarray]:
+def make_cityscapes(
+    root: Path,
+    split: str = "train",
+    cities: tuple[str, ...] = ("aachen", "bremen"),
+    per_city: int = 2,
+    size: tuple[int, int] = (32, 64),
+) -> list[np.ndarray]:
     """leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine *_labelIds / *_instanceIds PNGs.
     Returns the label-id arrays in sorted file order."""
     labels = []
@@ -133,8 +154,9 @@ def make_cityscapes(root: Path, split: str = "train", cities: tuple[str, ...] = 
     return labels
 
 
-def make_ade20k(root: Path, split_folder: str = "training", count: int = 3,
-                size: tuple[int, int] = (30, 40)) -> list[np.ndarray]:
+def make_ade20k(
+    root: Path, split_folder: str = "training", count: int = 3, size: tuple[int, int] = (30, 40)
+) -> list[np.ndarray]:
     """ADEChallengeData2016/images/<split>/*.jpg and annotations/<split>/*.png (0..150)."""
     base = root / "ADEChallengeData2016"
     labels = []
@@ -152,8 +174,9 @@ def make_ade20k(root: Path, split_folder: str = "training", count: int = 3,
 FOLDER_CLASSES = (("background", (0, 0, 0)), ("crack", (255, 0, 0)), ("rust", (0, 255, 0)))
 
 
-def make_folder(root: Path, *, colours: bool, rgb_labels: bool, count: int = 4,
-                size: tuple[int, int] = (24, 32)) -> list[np.ndarray]:
+def make_folder(
+    root: Path, *, colours: bool, rgb_labels: bool, count: int = 4, size: tuple[int, int] = (24, 32)
+) -> list[np.ndarray]:
     """A VOC-layout set of one's own: classes.txt, JPEGImages (.jpg and .png), SegmentationClass
     (index or RGB PNGs), ImageSets/Segmentation/{train,val}.txt. Returns the index labels."""
     lines = [f"{n} {' '.join(map(str, c))}" if colours else n for n, c in FOLDER_CLASSES]
@@ -177,5 +200,5 @@ def make_folder(root: Path, *, colours: bool, rgb_labels: bool, count: int = 4,
         labels.append(label)
         ids.append(name)
     write_list(root / "ImageSets" / "Segmentation" / "train.txt", ids[: count // 2])
-    write_list(root / "ImageSets" / "Segmentation" / "val.txt", ids[count // 2:])
+    write_list(root / "ImageSets" / "Segmentation" / "val.txt", ids[count // 2 :])
     return labels

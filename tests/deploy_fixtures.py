@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import torch
@@ -9,8 +10,9 @@ from skimage import data
 from torch import nn
 
 from seglab.cli import main as seglab
+from seglab.engine.checkpoint import load_run
 
-# A small timm FE: exporting and running it is cheap, and it has taps at strides 4 to 32 like the seed FEs.
+# A small timm basenet: exporting and running it is cheap, and it has taps at strides 4 to 32 like the seed FEs.
 FE = "resnet10t"
 
 
@@ -34,19 +36,28 @@ def randomize_decoder(model: nn.Module, seed: int = 0) -> nn.Module:
 def train_tiny_run(runs_root: Path, decoder: str = "fcn8s") -> Path:
     """Train a 1-step run on the embedded synthetic dataset (32x32 images); return its folder."""
     name = f"tiny_{decoder}"
-    code = seglab(["train", "--basenet", FE, "--decoder", decoder, "--pretrained", "none", "--iters", "1",
-                   "--batch-size", "2", "--crop", "32", "--dataset-options", "length=4", "size=32",
-                   "--workers", "0", "--eval-every", "0", "--device", "cpu", "--runs-root", str(runs_root),
-                   "--run-name", name])
+    code = seglab(
+        [
+            *["train", "--basenet"],
+            FE,
+            *["--decoder"],
+            decoder,
+            *shlex.split(
+                "--pretrained none --iters 1 --batch-size 2 --crop 32 --dataset-options length=4 size=32 "
+                "--workers 0 --eval-every 0 --device cpu --runs-root"
+            ),
+            str(runs_root),
+            *["--run-name"],
+            name,
+        ]
+    )
     assert code == 0
     return runs_root / name
 
 
 def randomize_run(run: Path, seed: int = 0) -> Path:
     """Rewrite a run's last checkpoint with random decoder weights, so that its predictions vary by pixel."""
-    from seglab.engine.checkpoint import load_model
-
-    model, _ = load_model(run)
+    model = load_run(run).model
     path = run / "checkpoints" / "last.pt"
     state = torch.load(path, map_location="cpu", weights_only=True)
     state["model"] = randomize_decoder(model, seed).state_dict()

@@ -44,12 +44,19 @@ class OracleModel(nn.Module):
 class FakeDataset:
     """In-memory dataset with the SegmentationDataset contract; `errors[i]` is the prediction of image i."""
 
-    def __init__(self, labels: list[Tensor], predictions: list[Tensor], instances: list[Tensor] | None,
-                 classes: tuple[str, ...] = ("bg", "a", "b"), ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        labels: list[Tensor],
+        predictions: list[Tensor],
+        instances: list[Tensor] | None,
+        classes: tuple[str, ...] = ("bg", "a", "b"),
+        ignore_index: int = 255,
+    ) -> None:
         self.classes = classes
         self.num_classes = len(classes)
-        self.palette = np.array([(0, 0, 0), (200, 30, 30), (30, 200, 30), (30, 30, 200)][: len(classes)],
-                                dtype=np.uint8)
+        self.palette = np.array(
+            [(0, 0, 0), (200, 30, 30), (30, 200, 30), (30, 30, 200)][: len(classes)], dtype=np.uint8
+        )
         self.ignore_index = ignore_index
         self.labels = labels
         self.predictions = predictions
@@ -71,8 +78,13 @@ class FakeDataset:
         return f"img{i:03d}"
 
 
-def random_case(seed: int, n: int = 4, size: tuple[int, int] = (40, 56), num_classes: int = 3,
-                error_rates: tuple[float, ...] = (0.05, 0.4, 0.1, 0.2)) -> FakeDataset:
+def random_case(
+    seed: int,
+    n: int = 4,
+    size: tuple[int, int] = (40, 56),
+    num_classes: int = 3,
+    error_rates: tuple[float, ...] = (0.05, 0.4, 0.1, 0.2),
+) -> FakeDataset:
     """Return a FakeDataset of rectangles (one instance each) with a share of pixels mispredicted per image."""
     g = torch.Generator().manual_seed(seed)
     labels, preds, insts = [], [], []
@@ -83,8 +95,8 @@ def random_case(seed: int, n: int = 4, size: tuple[int, int] = (40, 56), num_cla
             top = int(torch.randint(0, size[0] - 8, (1,), generator=g))
             left = int(torch.randint(0, size[1] - 8, (1,), generator=g))
             h, w = (int(v) for v in torch.randint(3, 14, (2,), generator=g))
-            label[top:top + h, left:left + w] = 1 + k % (num_classes - 1)
-            inst[top:top + h, left:left + w] = k
+            label[top : top + h, left : left + w] = 1 + k % (num_classes - 1)
+            inst[top : top + h, left : left + w] = k
         label[0, :5] = 255
         wrong = torch.rand(size, generator=g) < error_rates[i % len(error_rates)]
         pred = torch.where(wrong, (label + 1) % num_classes, label)

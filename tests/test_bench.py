@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shlex
 import time
 
 import pytest
@@ -14,14 +15,15 @@ from seglab import build_model
 from seglab.bench import (
     backend_runner,
     bench_rows,
-    complexity,
     format_markdown,
     measure,
     summarize_times,
     wide_table,
 )
 from seglab.cli import main as seglab
-from seglab.export import DeployModel
+from seglab.engine.inference import DeployModel
+from seglab.errors import ConfigError
+from seglab.models.complexity import model_complexity
 
 
 def test_summarize_times_by_hand():
@@ -48,7 +50,8 @@ def test_measure_counts_warmup_and_times_every_repeat():
 
 def test_complexity_matches_a_real_forward_count():
     model = build_model(FE, "fcn8s", 21).eval()
-    params, gflops = complexity(model, (64, 96))
+    measured = model_complexity(model, (64, 96))
+    params, gflops = measured["params"], measured["gflops"]
     assert params == sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -66,14 +69,21 @@ def test_every_backend_computes_the_deployed_model(tmp_path):
         out = backend_runner(model, backend, images, torch.device("cpu"), tmp_path, threads=1)()
         out = torch.as_tensor(out[0] if isinstance(out, list) else out)
         torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4, msg=backend)
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
         backend_runner(model, "tensorrt", images, torch.device("cpu"), tmp_path, threads=1)
 
 
 def test_rows_and_tables():
-    rows = bench_rows([(FE, "fcn8s", lambda: build_model(FE, "fcn8s", 21))], size=(32, 32), batch=2,
-                      backends=["eager", "channels_last"], device=torch.device("cpu"), warmup=0, repeats=2,
-                      threads=1)
+    rows = bench_rows(
+        [(FE, "fcn8s", lambda: build_model(FE, "fcn8s", 21))],
+        size=(32, 32),
+        batch=2,
+        backends=["eager", "channels_last"],
+        device=torch.device("cpu"),
+        warmup=0,
+        repeats=2,
+        threads=1,
+    )
     assert [r["backend"] for r in rows] == ["eager", "channels_last"]
     assert {r["batch"] for r in rows} == {2} and {r["repeats"] for r in rows} == {2}
     assert all(r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"] for r in rows)
@@ -87,20 +97,34 @@ def test_rows_and_tables():
 
 
 def test_bench_cli_writes_csv_and_markdown(tmp_path, capsys):
-    code = seglab(["bench", "--basenets", FE, "--decoders", "fcn8s,lraspp", "--size", "32", "48",
-                   "--backends", "eager", "--warmup", "0", "--repeats", "1", "--threads", "1",
-                   "--csv", str(tmp_path / "b.csv"), "--md", str(tmp_path / "b.md"),
-                   "--miou-from", str(tmp_path / "no-runs-here")])
+    code = seglab(
+        [
+            *["bench", "--basenets"],
+            FE,
+            *shlex.split(
+                "--decoders fcn8s,lraspp --size 32 48 --backends eager --warmup 0 --repeats 1 --threads 1 --csv"
+            ),
+            str(tmp_path / "b.csv"),
+            *["--md"],
+            str(tmp_path / "b.md"),
+            *["--miou-from"],
+            str(tmp_path / "no-runs-here"),
+        ]
+    )
     assert code == 0
     with open(tmp_path / "b.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["decoder"], r["height"], r["width"], r["threads"]) for r in rows] == [
-        ("fcn8s", "32", "48", "1"), ("lraspp", "32", "48", "1")]
+        ("fcn8s", "32", "48", "1"),
+        ("lraspp", "32", "48", "1"),
+    ]
     assert int(rows[1]["params"]) == sum(p.numel() for p in build_model(FE, "lraspp", 21).parameters())
     md = (tmp_path / "b.md").read_text()
     assert md.count("no run") == 2 and "1 CPU threads" in md
     assert "eager ms" in capsys.readouterr().out
     assert seglab(["bench", "--basenets", FE, "--backends", "eager,tvm"]) == 1
-    assert "seglab bench: error: --backends: unknown tvm; choose from eager" in capsys.readouterr().err
+    assert (
+        "seglab bench: error: --backends: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'"
+    ) in capsys.readouterr().err
     assert seglab(["bench", "--basenets", FE, "--backends", "compile", "--warmup", "0"]) == 1
     assert "compile needs --warmup 1 or more" in capsys.readouterr().err

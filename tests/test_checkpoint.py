@@ -1,4 +1,4 @@
-"""Checkpoints: a real SIGKILL at each stage of a write, pruning, weights_only refusal, complete state, load_model."""
+"""Checkpoints: a real SIGKILL at each stage of a write, pruning, weights_only refusal, complete state, load_run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from seglab import config
 from seglab.config import TrainConfig
 from seglab.engine import checkpoint
-from seglab.engine.checkpoint import CheckpointError
+from seglab.errors import CheckpointError, PathError
 from seglab.models import build_model
 
 
@@ -23,9 +23,17 @@ def state(step: int, model: torch.nn.Module | None = None, cfg: TrainConfig | No
     model = model or torch.nn.Linear(4, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return {
-        "format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": {}, "scaler": {}, "step": step, "epoch": 0, "position": step, "rng": [checkpoint.rng_state()],
-        "config": config.to_yaml(cfg or TrainConfig()), "counters": {"skipped": 0},
+        "format": checkpoint.FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {},
+        "scaler": {},
+        "step": step,
+        "epoch": 0,
+        "position": step,
+        "rng": [checkpoint.rng_state()],
+        "config": config.to_yaml(cfg or TrainConfig()),
+        "counters": {"skipped": 0},
         "dataset": {"class_names": ["a", "b", "c"], "ignore_index": 255, "num_train": 10},
     }
 
@@ -34,6 +42,7 @@ def save_in_child(ckpt_dir: Path, step: int, kill_at: str | None) -> int:
     """Fork; the child saves checkpoint `step` and SIGKILLs itself at stage `kill_at`; return its wait status."""
     pid = os.fork()
     if pid == 0:
+
         def hook(stage: str) -> None:
             if stage == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -68,7 +77,12 @@ def test_pruning_keeps_the_newest_two_and_the_keeps(tmp_path):
     for step in range(1, 11):
         checkpoint.save_checkpoint(state(step), ckpt_dir, step, keep_every=4)
     assert sorted(p.name for p in ckpt_dir.iterdir()) == [
-        "last.pt", "step_0000004.pt", "step_0000008.pt", "step_0000009.pt", "step_0000010.pt"]
+        "last.pt",
+        "step_0000004.pt",
+        "step_0000008.pt",
+        "step_0000009.pt",
+        "step_0000010.pt",
+    ]
     assert os.path.samefile(ckpt_dir / "last.pt", ckpt_dir / "step_0000010.pt")
 
 
@@ -108,11 +122,14 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("remove", "listed"), [
-    (lambda s: s["rng"][0].pop("numpy"), "rng[0].numpy"),
-    (lambda s: s.pop("rng"), "rng (one entry per rank)"),
-    (lambda s: (s.pop("optimizer"), s.pop("scaler")), "optimizer, scaler"),
-])
+@pytest.mark.parametrize(
+    ("remove", "listed"),
+    [
+        (lambda s: s["rng"][0].pop("numpy"), "rng[0].numpy"),
+        (lambda s: s.pop("rng"), "rng (one entry per rank)"),
+        (lambda s: (s.pop("optimizer"), s.pop("scaler")), "optimizer, scaler"),
+    ],
+)
 def test_missing_entries_are_errors_listing_them(tmp_path, remove, listed):
     broken = state(1)
     remove(broken)
@@ -144,23 +161,39 @@ def test_corrupt_rng_entry_is_an_error():
         checkpoint.set_rng_state({k: v for k, v in saved.items() if k != "python"}, "x.pt")
 
 
-def test_load_model_from_run_folder_and_file(tmp_path):
-    cfg = TrainConfig(basenet="lcnet_050", decoder="fcn8s", num_classes=3, dataset="synthetic", crop=[32, 32],
-                      pretrained="none")
+@pytest.mark.parametrize("written_before_plugins", [False, True])
+def test_load_run_from_run_folder_and_file(tmp_path, written_before_plugins):
+    cfg = TrainConfig(
+        basenet="lcnet_050", decoder="fcn8s", num_classes=3, dataset="synthetic", crop=[32, 32], pretrained="none"
+    )
     torch.manual_seed(0)
     model = build_model("lcnet_050", "fcn8s", 3)
     with torch.no_grad():  # make the zero-initialized score layers matter
         for p in model.decoder.parameters():
             p.normal_()
     run_dir = tmp_path / "run"
-    checkpoint.save_checkpoint(state(7, model, cfg), run_dir / "checkpoints", 7, keep_every=0)
+    run_dir.mkdir()
+    (run_dir / "runargs.yaml").write_text(config.to_yaml(cfg))
+    saved = state(7, model, cfg)
+    if written_before_plugins:  # checkpoints of seglab 0.1.0 have no `plugins` key in their config
+        saved["config"] = "".join(
+            line + "\n" for line in saved["config"].splitlines() if not line.startswith("plugins")
+        )
+        assert "plugins" not in saved["config"]
+    checkpoint.save_checkpoint(saved, run_dir / "checkpoints", 7, keep_every=0)
     x = torch.randn(1, 3, 32, 32)
     expected = model.eval()(x)
     for path in (run_dir, run_dir / "checkpoints" / "step_0000007.pt"):
-        loaded, runargs = checkpoint.load_model(path)
-        assert not loaded.training
-        assert torch.allclose(loaded(x), expected)
-        assert runargs["basenet"] == "lcnet_050" and runargs["num_classes"] == 3 and runargs["crop"] == [32, 32]
-        assert runargs["step"] == 7 and runargs["class_names"] == ["a", "b", "c"] and runargs["ignore_index"] == 255
-    with pytest.raises(FileNotFoundError, match="has no checkpoints/last.pt"):
-        checkpoint.load_model(tmp_path)
+        loaded = checkpoint.load_run(path)
+        assert not loaded.model.training
+        assert torch.allclose(loaded.model(x), expected)
+        assert loaded.config.basenet == "lcnet_050" and loaded.config.num_classes == 3
+        assert loaded.config.crop == [32, 32] and loaded.config.plugins == []
+        assert loaded.step == 7 and loaded.class_names == ["a", "b", "c"] and loaded.ignore_index == 255
+        assert loaded.run.path == run_dir
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "empty" / "runargs.yaml").write_text("basenet: x\n")
+    with pytest.raises(PathError, match="has no checkpoints/last.pt: it stopped before its first checkpoint"):
+        checkpoint.load_run(tmp_path / "empty")
+    with pytest.raises(PathError, match="is not a run folder: it has no runargs.yaml"):
+        checkpoint.load_run(tmp_path)

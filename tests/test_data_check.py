@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import numpy as np
 import pytest
@@ -67,8 +68,10 @@ def test_check_lists_every_planted_file_with_its_reason(tmp_path, workers):
 
 def test_check_cli_exits_non_zero_and_prints_json(tmp_path, capsys):
     planted = plant_faults(tmp_path)
-    assert seglab_main(["data", "check", "--dataset", "voc", "--data-root", str(tmp_path), "--json",
-                        "--workers", "1"]) == 1
+    assert (
+        seglab_main(["data", "check", "--dataset", "voc", "--data-root", str(tmp_path), "--json", "--workers", "1"])
+        == 1
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["errors"] == 7 and out["warnings"] == 1 and out["samples"] == 11
     assert {f["path"] for f in out["findings"]} == set(planted)
@@ -129,8 +132,10 @@ def test_drop_missing_raises_or_skips_and_counts(tmp_path):
 
 
 def test_stats_cli_counts_pixels_and_objects(tmp_path, capsys):
-    assert seglab_main(["data", "stats", "--dataset", "synthetic", "--split", "val", "--dataset-options",
-                        "length=6", "size=64", "--json"]) == 0
+    assert (
+        seglab_main(shlex.split("data stats --dataset synthetic --split val --dataset-options length=6 size=64 --json"))
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out)
     assert stats["images"] == 6 and stats["pixels"] == 6 * 64 * 64
     assert sum(c["pixels"] for c in stats["classes"]) == stats["pixels"]

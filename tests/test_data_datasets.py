@@ -109,7 +109,7 @@ def test_seglab_data_convert_writes_sbd_pngs_that_load_identically(tmp_path, cap
     instances = [before.load_instances(i) for i in range(len(before))]
     assert seglab_main(["data", "convert", "--dataset", "voc_aug", "--data-root", str(tmp_path)]) == 0
     assert "12 PNGs written, 0 already there, 0 failed" in capsys.readouterr().out  # 6 cls + 6 inst
-    assert convert_sbd(tmp_path) == {"written": 0, "kept": 12, "failed": 0}
+    assert convert_sbd(tmp_path) == {"written": 0, "kept": 12, "failed": 0, "failures": []}
     png = Image.open(tmp_path / "benchmark_RELEASE/dataset/cls_png" / f"{voc_id(8)}.png")
     assert png.mode == "P"
     capsys.readouterr()

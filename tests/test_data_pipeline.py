@@ -21,6 +21,7 @@ from seglab.data import (
     normalize,
     worker_init,
 )
+from seglab.errors import ConfigError
 
 
 def pair(height=60, width=80, seed=0):
@@ -45,11 +46,15 @@ def test_scale_one_is_a_plain_crop():
     image, label = pair()
     t = TrainTransform(Augment(crop=(32, 40), scale_range=(1.0, 1.0), flip=False), ignore_index=255)
     out_image, out_label = t(image, label, np.random.default_rng(3))
-    found = [(y, x) for y in range(60 - 32 + 1) for x in range(80 - 40 + 1)
-             if torch.equal(image[:, y:y + 32, x:x + 40], out_image)]
+    found = [
+        (y, x)
+        for y in range(60 - 32 + 1)
+        for x in range(80 - 40 + 1)
+        if torch.equal(image[:, y : y + 32, x : x + 40], out_image)
+    ]
     assert len(found) == 1
     y, x = found[0]
-    assert torch.equal(label[y:y + 32, x:x + 40], out_label)
+    assert torch.equal(label[y : y + 32, x : x + 40], out_label)
 
 
 @pytest.mark.parametrize("scale", [2.0, 3.0])
@@ -59,16 +64,18 @@ def test_crop_then_resize_equals_resize_then_crop_for_labels(scale):
     t = TrainTransform(Augment(crop=crop, scale_range=(scale, scale), flip=False), ignore_index=255)
     _, out_label = t(image, label, np.random.default_rng(1))
     whole = F.resize(label[None], [int(60 * scale), int(80 * scale)], InterpolationMode.NEAREST_EXACT)[0]
-    windows = [(y, x) for y in range(0, whole.shape[0] - crop[0] + 1, int(scale))
-               for x in range(0, whole.shape[1] - crop[1] + 1, int(scale))
-               if torch.equal(whole[y:y + crop[0], x:x + crop[1]], out_label)]
+    windows = [
+        (y, x)
+        for y in range(0, whole.shape[0] - crop[0] + 1, int(scale))
+        for x in range(0, whole.shape[1] - crop[1] + 1, int(scale))
+        if torch.equal(whole[y : y + crop[0], x : x + crop[1]], out_label)
+    ]
     assert windows  # the same pixels the common way (resize whole, then crop) would give
 
 
 def test_small_images_are_padded_with_fill_and_ignore():
     image, label = pair(20, 30)
-    t = TrainTransform(Augment(crop=(64, 64), scale_range=(1.0, 1.0), flip=False), ignore_index=200,
-                       fill=(10, 20, 30))
+    t = TrainTransform(Augment(crop=(64, 64), scale_range=(1.0, 1.0), flip=False), ignore_index=200, fill=(10, 20, 30))
     out_image, out_label = t(image, label, np.random.default_rng(0))
     assert torch.equal(out_image[:, :20, :30], image) and torch.equal(out_label[:20, :30], label)
     assert (out_label[20:] == 200).all() and (out_label[:, 30:] == 200).all()
@@ -100,10 +107,17 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     assert not torch.equal(aug[(3, 3)]["image"], a["image"])  # another epoch, another draw
     assert not torch.equal(AugmentedDataset(ds, t, seed=6)[(2, 3)]["image"], a["image"])
     keys = [[(1, i), (1, (i + 3) % 8)] for i in range(8)]
+
     def batches(workers):
-        loader = torch.utils.data.DataLoader(aug, batch_sampler=keys, num_workers=workers,
-                                             collate_fn=Collate(ds.ignore_index), worker_init_fn=worker_init)
+        loader = torch.utils.data.DataLoader(
+            aug,
+            batch_sampler=keys,
+            num_workers=workers,
+            collate_fn=Collate(ds.ignore_index),
+            worker_init_fn=worker_init,
+        )
         return list(loader)
+
     for x, y in zip(batches(0), batches(2), strict=True):  # worker count changes nothing
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
         assert torch.equal(x["index"], y["index"])
@@ -120,17 +134,32 @@ def test_bad_sample_is_an_error_or_skipped_and_reported(tmp_path):
     collate = Collate(ds.ignore_index)
     batch = collate([AugmentedDataset(ds, t, skip_bad=True)[i] for i in range(3)])
     assert batch["image"].shape == (2, 3, 16, 16) and batch["index"].tolist() == [0, 2]
-    assert batch["skipped"] == [{"index": 1, "id": voc_id(2), "path": str(bad), "kind": "image_unreadable",
-                                 "reason": batch["skipped"][0]["reason"]}]
+    assert batch["skipped"] == [
+        {
+            "index": 1,
+            "id": voc_id(2),
+            "path": str(bad),
+            "kind": "image_unreadable",
+            "reason": batch["skipped"][0]["reason"],
+        }
+    ]
     empty = collate([AugmentedDataset(ds, t, skip_bad=True)[1]])
     assert empty["image"].shape[0] == 0 and len(empty["skipped"]) == 1
 
 
 def test_collate_pads_different_sizes_with_ignore():
-    items = [{"image": torch.full((3, 4, 5), 7, dtype=torch.uint8), "label": torch.ones(4, 5, dtype=torch.uint8),
-              "index": 0},
-             {"image": torch.full((3, 6, 3), 9, dtype=torch.uint8), "label": torch.zeros(6, 3, dtype=torch.uint8),
-              "index": 4}]
+    items = [
+        {
+            "image": torch.full((3, 4, 5), 7, dtype=torch.uint8),
+            "label": torch.ones(4, 5, dtype=torch.uint8),
+            "index": 0,
+        },
+        {
+            "image": torch.full((3, 6, 3), 9, dtype=torch.uint8),
+            "label": torch.zeros(6, 3, dtype=torch.uint8),
+            "index": 4,
+        },
+    ]
     batch = Collate(255)(items)
     assert batch["image"].shape == (2, 3, 6, 5) and batch["label"].shape == (2, 6, 5)
     assert (batch["label"][0, 4:] == 255).all() and (batch["label"][1, :, 3:] == 255).all()
@@ -149,5 +178,5 @@ def test_presets_follow_each_dataset():
     assert augment_preset("cityscapes").crop == (512, 1024)
     assert augment_preset("voc_aug").scale_range == (0.5, 2.0)
     assert augment_preset("folder:mine").crop == (512, 512)
-    with pytest.raises(ValueError, match="scale range"):
+    with pytest.raises(ConfigError, match=r"--scale-range must satisfy 0 < MIN <= MAX, got \[2.0, 0.5\]"):
         Augment(scale_range=(2.0, 0.5))

@@ -46,14 +46,18 @@ def test_colour_alone_does_not_tell_the_class():
     mIoU over the shape classes on val: the classes differ by shape, which a model must learn."""
     train = build_dataset("synthetic", None, "train", length=60, size=64)
     val = build_dataset("synthetic", None, "val", length=30, size=64)
+
     def bins_and_labels(ds):
         images, labels = zip(*(ds[i] for i in range(len(ds))), strict=True)
-        q = (torch.stack(images).long() // 32)  # 8 levels per channel
+        q = torch.stack(images).long() // 32  # 8 levels per channel
         return ((q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2]).reshape(-1)), torch.stack(labels).long().reshape(-1)
+
     bins, labels = bins_and_labels(train)
     table = torch.zeros(512, 6, dtype=torch.long).index_put_((bins, labels), torch.ones_like(bins), accumulate=True)
     bins, labels = bins_and_labels(val)
     pred = table.argmax(1)[bins]
-    ious = [((pred == c) & (labels == c)).sum().item() / max(1, ((pred == c) | (labels == c)).sum().item())
-            for c in range(1, 6)]
+    ious = [
+        ((pred == c) & (labels == c)).sum().item() / max(1, ((pred == c) | (labels == c)).sum().item())
+        for c in range(1, 6)
+    ]
     assert np.mean(ious) < 0.15

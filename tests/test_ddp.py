@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shlex
 import socket
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from seglab.engine import checkpoint
 
 pytestmark = [pytest.mark.xdist_group("ddp"), pytest.mark.slow]
 
-TINY = ["train", "--basenet", "lcnet_050", "--decoder", "fcn8s", "--pretrained", "none", "--device", "cpu",
-        "--dataset-options", "length=12", "size=32", "--crop", "32", "--batch-size", "4", "--iters", "5",
-        "--log-every", "1", "--eval-every", "2", "--workers", "0", "--freeze-bn", "--learnrate", "0.05"]
+TINY = shlex.split(
+    "train --basenet lcnet_050 --decoder fcn8s --pretrained none --device cpu "
+    "--dataset-options length=12 size=32 --crop 32 --batch-size 4 --iters 5 --log-every 1 "
+    "--eval-every 2 --workers 0 --freeze-bn --learnrate 0.05"
+)
 
 EVAL_SCRIPT = """
 import sys
@@ -30,7 +33,7 @@ from seglab.data.base import build_dataset
 from seglab.data.loader import AugmentedDataset, Collate
 from seglab.engine import distributed
 from seglab.engine.sampler import ShardSampler
-from seglab.engine.train import evaluate
+from seglab.engine.validate import validate
 from seglab.models import build_model
 
 info = distributed.init("cpu")
@@ -42,7 +45,7 @@ with torch.no_grad():  # the score layers start at zero; give the net varied pre
 val = AugmentedDataset(build_dataset("synthetic", None, "val", length=7, size=32), None)
 loader = torch.utils.data.DataLoader(val, batch_size=1, collate_fn=Collate(255),
                                      sampler=ShardSampler(range(len(val)), info.rank, info.world_size))
-cm = evaluate(model, loader, 255, info.device, show=False)
+cm = validate(model, loader, 255, info.device, show=False)
 if info.is_main:
     torch.save(cm, sys.argv[1])
 distributed.cleanup()
@@ -59,8 +62,14 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run `torchrun --nproc-per-node 2 <args>` on 127.0.0.1; retry once if the port was taken meanwhile."""
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     for _ in range(2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "0",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *args]
+        cmd = [
+            sys.executable,
+            *shlex.split(
+                "-m torch.distributed.run --nproc-per-node 2 --max-restarts 0 --rdzv-backend c10d --rdzv-endpoint"
+            ),
+            f"127.0.0.1:{free_port()}",
+            *args,
+        ]
         result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         if result.returncode == 0 or "address already in use" not in result.stderr.lower():
             return result

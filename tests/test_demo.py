@@ -11,9 +11,12 @@ from seglab.cli import main
 
 MAKEFILE = Path(__file__).parents[1] / "Makefile"
 # Appended flags win over the Makefile's (argparse keeps the last value): a 6-step run, keeps at 2, 4, 6.
-SHORTER = {"train": ["--iters", "6", "--eval-every", "3", "--ckpt-every", "2", "--keep", "2",
-                     "--dataset-options", "size=32", "length=16", "--workers", "0"],
-           "test": ["--workers", "0", "--limit", "8", "--bootstrap", "50"]}
+SHORTER = {
+    "train": shlex.split(
+        "--iters 6 --eval-every 3 --ckpt-every 2 --keep 2 --dataset-options size=32 length=16 --workers 0"
+    ),
+    "test": ["--workers", "0", "--limit", "8", "--bootstrap", "50"],
+}
 
 
 def demo_commands(runs_root: Path) -> list[list[str]]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
 import torch
 from eval_fixtures import OracleModel, random_case
 
-from seglab import metrics
+from seglab import metrics, runs
+from seglab.config import TrainConfig
 from seglab.engine import evaluate as ev
+from seglab.engine.checkpoint import LoadedRun
+from seglab.errors import ConfigError, PathError
+from seglab.runs import EvalDir, Target
 
 
 def test_evaluate_keeps_exact_per_image_matrices_objects_and_worst_images():
@@ -72,67 +77,85 @@ def test_out_of_range_label_names_the_sample():
 
 
 def test_model_and_dataset_class_counts_must_agree():
-    with pytest.raises(ValueError, match="predicts 4 classes but the dataset has 3"):
+    with pytest.raises(ConfigError, match="predicts 4 classes but the dataset has 3"):
         ev.evaluate(OracleModel(4), random_case(0))
 
 
 def _fake_run(tmp_path, steps):
     ckpt = tmp_path / "run" / "checkpoints"
     ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "runargs.yaml").write_text("basenet: oracle\n")
     for s in steps:
         (ckpt / f"step_{s:07d}.pt").write_bytes(b"")
     (ckpt / "last.pt").write_bytes(b"")
     return tmp_path / "run"
 
 
-def test_resolve_checkpoints(tmp_path):
+def test_choose_checkpoints(tmp_path):
     run = _fake_run(tmp_path, [100, 200, 300])
-    assert ev.resolve_checkpoints(run, None, None) == [("last", run)]
-    assert [n for n, _ in ev.resolve_checkpoints(run, None, 2)] == ["step_300", "step_200"]
-    chosen = ev.resolve_checkpoints(run, "last,step_100,200", None)
-    assert chosen == [("last", run / "checkpoints" / "last.pt"),
-                      ("step_100", run / "checkpoints" / "step_0000100.pt"),
-                      ("step_200", run / "checkpoints" / "step_0000200.pt")]
-    with pytest.raises(ValueError, match=r"no checkpoint 'step_150'.*it has last and step_100, step_200, step_300"):
-        ev.resolve_checkpoints(run, "step_150", None)
-    with pytest.raises(ValueError, match=r"--last-k 4: .* holds 3 step checkpoints"):
-        ev.resolve_checkpoints(run, None, 4)
-    with pytest.raises(ValueError, match="need a run folder"):
-        ev.resolve_checkpoints(run / "checkpoints" / "last.pt", "last", None)
+    rd = runs.RunDir(run)
+    assert runs.choose_checkpoints(run) == [Target(rd.last, rd, "last")]
+    assert [t.name for t in runs.choose_checkpoints(run, last_k=2)] == ["step_300", "step_200"]
+    chosen = runs.choose_checkpoints(run, ["last", "step_100", "200"])
+    assert [(t.name, t.checkpoint) for t in chosen] == [
+        ("last", rd.last),
+        ("step_100", run / "checkpoints" / "step_0000100.pt"),
+        ("step_200", run / "checkpoints" / "step_0000200.pt"),
+    ]
+    with pytest.raises(ConfigError, match=r"no checkpoint 'step_150'.*it has last and step_100, step_200, step_300"):
+        runs.choose_checkpoints(run, ["step_150"])
+    with pytest.raises(ConfigError, match=r"--last-k 4: .* holds 3 step checkpoints"):
+        runs.choose_checkpoints(run, last_k=4)
+    with pytest.raises(PathError, match="last.pt is not a run folder"):
+        runs.choose_checkpoints(run / "checkpoints" / "last.pt", ["last"])
+    target = runs.resolve_target(run / "checkpoints" / "step_0000200.pt")
+    assert (target.run, target.name) == (rd, "step_0000200")
+    (tmp_path / "loose.pt").write_bytes(b"")
+    assert runs.resolve_target(tmp_path / "loose.pt").run is None
 
 
 def test_saved_per_image_matrices_round_trip(tmp_path):
     result = ev.evaluate(OracleModel(3), random_case(4), gallery=0)
-    ev.save_eval(tmp_path, result, ev.summarize(result, bootstrap=20))
-    cms, ids, names = ev.load_per_image(tmp_path)
-    assert torch.equal(cms, result.per_image_cm) and ids == result.image_ids and names == ["bg", "a", "b"]
+    EvalDir(tmp_path).write(ev.summarize(result, bootstrap=20), result.arrays())
+    arrays = EvalDir(tmp_path).read_arrays()
+    assert torch.equal(torch.from_numpy(arrays["per_image_cm"]), result.per_image_cm)
+    assert list(arrays["image_ids"]) == result.image_ids and list(arrays["class_names"]) == ["bg", "a", "b"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert np.array(saved["confusion_matrix"]).sum() == int(result.cm.sum())
-    with pytest.raises(FileNotFoundError, match="run `seglab test` first"):
-        ev.load_per_image(tmp_path / "nowhere")
+    with pytest.raises(PathError, match="run `seglab test` first"):
+        EvalDir(tmp_path / "nowhere").read_arrays()
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(PathError, match=r"metrics.json cannot be read \(Expecting property name"):
+        EvalDir(tmp_path).read_summary()
 
 
 def test_seglab_test_command_writes_metrics_report_and_spread(tmp_path, monkeypatch, capsys):
     """`seglab test` wiring, with checkpoint loading and the dataset replaced by the stand-ins."""
-    import seglab.data
-    import seglab.engine.checkpoint
+    import seglab.evaluation
     from seglab.cli import main
 
     run = _fake_run(tmp_path, [100, 200])
     data = random_case(6)
     loaded = []
 
-    def load_model(path, map_location="cpu"):
+    def load_run(target, device="cpu"):
+        path = target.checkpoint
         loaded.append(path.name)
         model = OracleModel(3)
         model.scale.data.fill_(1.0 if path.name != "step_0000100.pt" else -1.0)  # step 100 predicts badly
-        return model, {"basenet": "oracle", "decoder": "none", "dataset": "fake", "data_root": None,
-                       "crop": 64, "step": int(path.stem.split("_")[-1]) if "step" in path.name else 300}
+        step = int(path.stem.split("_")[-1]) if "step" in path.name else 300
+        config = TrainConfig(basenet="oracle", decoder="none", dataset="fake", crop=[64, 64])
+        return LoadedRun(model, config, step, list(data.classes), 255, target)
 
-    monkeypatch.setattr(seglab.engine.checkpoint, "load_model", load_model)
-    monkeypatch.setattr(seglab.data, "build_dataset", lambda name, root, split, **options: data)
-    code = main(["test", str(run), "--checkpoints", "last,step_100", "--bootstrap", "50", "--gallery", "2",
-                 "--flip", "--workers", "0", "--device", "cpu"])
+    monkeypatch.setattr(seglab.evaluation, "load_run", load_run)
+    monkeypatch.setattr(seglab.evaluation, "build_dataset", lambda name, root, split, **options: data)
+    code = main(
+        [
+            *["test"],
+            str(run),
+            *shlex.split("--checkpoints last,step_100 --bootstrap 50 --gallery 2 --flip --workers 0 --device cpu"),
+        ]
+    )
     assert code == 0
     out_dir = run / "eval" / "val-flip"
     summary = json.loads((out_dir / "metrics.json").read_text())
@@ -146,6 +169,9 @@ def test_seglab_test_command_writes_metrics_report_and_spread(tmp_path, monkeypa
     for name in ("report.html", "report.md", "per_image_cm.npz", "confusion.png", "gallery.png"):
         assert (out_dir / name).is_file(), name
     assert f"last: mIoU {100 * summary['miou']:.2f}" in capsys.readouterr().out
+    # a single step checkpoint file gets its own evaluation folder name
+    assert main(["test", str(run / "checkpoints" / "step_0000200.pt"), "--bootstrap", "20", "--workers", "0"]) == 0
+    assert (run / "eval" / "val-step_0000200" / "metrics.json").is_file()
 
 
 @pytest.mark.slow
@@ -153,15 +179,34 @@ def test_seglab_test_on_a_trained_synthetic_run(tmp_path):
     """End to end: a 2-step run on the embedded dataset, then `seglab test` on two of its checkpoints."""
     from seglab.cli import main
 
-    assert main(["train", "--basenet", "resnet18", "--decoder", "fcn8s", "--pretrained", "none",
-                 "--dataset-options", "length=4", "size=32", "--crop", "32", "--iters", "2", "--batch-size", "2",
-                 "--workers", "0", "--ckpt-every", "1", "--keep", "1", "--eval-every", "2", "--device", "cpu",
-                 "--runs-root", str(tmp_path), "--run-name", "tiny"]) == 0
+    assert (
+        main(
+            [
+                *shlex.split(
+                    "train --basenet resnet18 --decoder fcn8s --pretrained none --dataset-options length=4 "
+                    "size=32 --crop 32 --iters 2 --batch-size 2 --workers 0 --ckpt-every 1 --keep 1 "
+                    "--eval-every 2 --device cpu --runs-root"
+                ),
+                str(tmp_path),
+                *["--run-name", "tiny"],
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "tiny"
-    assert main(["test", str(run), "--last-k", "2", "--bootstrap", "50", "--gallery", "2", "--workers", "0",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                *["test"],
+                str(run),
+                *["--last-k", "2", "--bootstrap", "50", "--gallery", "2", "--workers", "0", "--device", "cpu"],
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "eval" / "val" / "metrics.json").read_text())
-    cms, ids, names = ev.load_per_image(run / "eval" / "val")
+    arrays = EvalDir(run / "eval" / "val").read_arrays()
+    cms, ids, names = torch.from_numpy(arrays["per_image_cm"]), list(arrays["image_ids"]), list(arrays["class_names"])
     assert len(ids) == 4 and names == ["background", "disk", "square", "triangle", "ring", "cross"]
     assert summary["miou"] == metrics.segmentation_metrics(cms.sum(0), names)["miou"]
     assert [e["step"] for e in summary["checkpoint_spread"]["checkpoints"]] == [2, 1]

@@ -13,10 +13,10 @@ from safetensors import safe_open
 
 from seglab import build_model
 from seglab.cli import main as seglab
-from seglab.engine.inference import predict_logits
+from seglab.config import TrainConfig
+from seglab.engine.inference import DeployModel, predict_logits
+from seglab.errors import CheckpointError, ExportError
 from seglab.export import (
-    DeployModel,
-    ExportError,
     export_onnx,
     load_weights,
     onnx_session,
@@ -84,9 +84,8 @@ def test_verify_reports_differences_and_enforces_tolerance(exported):
 def test_safetensors_round_trip(tmp_path):
     torch.manual_seed(0)
     model = randomize_decoder(build_model(FE, "fcn8s", NUM_CLASSES, trainable_upsampling=True))
-    runargs = {"basenet": FE, "decoder": "fcn8s", "output_stride": 32,
-               "decoder_options": {"trainable_upsampling": True}, "class_names": list("abcde")}
-    path = save_weights(model, tmp_path / "w.safetensors", runargs)
+    config = TrainConfig(basenet=FE, decoder="fcn8s", decoder_options={"trainable_upsampling": True})
+    path = save_weights(model, tmp_path / "w.safetensors", config, list("abcde"))
     loaded = load_weights(path)
     original = model.state_dict()
     assert loaded.state_dict().keys() == original.keys()
@@ -104,7 +103,7 @@ def test_load_weights_without_metadata_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match=r"plain\.safetensors: safetensors metadata lacks basenet, decoder"):
+    with pytest.raises(CheckpointError, match=r"plain\.safetensors: safetensors metadata lacks basenet, decoder"):
         load_weights(tmp_path / "plain.safetensors")
 
 
@@ -134,4 +133,4 @@ def test_export_cli_on_a_run(tmp_path, capsys):
 
 def test_export_cli_reports_a_missing_run(tmp_path, capsys):
     assert seglab(["export", str(tmp_path / "nowhere")]) == 1
-    assert "seglab export: error: checkpoint" in capsys.readouterr().err
+    assert f"seglab export: error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_whole_image_pads_to_the_stride_and_crops_back_exactly(stride):
 def test_sliding_window_covers_the_image_and_matches_whole_image():
     model = Pointwise(32).eval()
     images = _images(1, 100, 150)
-    probs = predict_logits(model, images, window=64, stride=40)
+    probs = predict_logits(model, images, window=64, window_step=40)
     # rows start at 0, 36; columns at 0, 40, 80, 86 (the last window flush with the edge)
     assert model.shapes == [(64, 64)] * 8
     torch.testing.assert_close(probs, _direct(model, images), atol=1e-6, rtol=0)
@@ -102,17 +102,18 @@ def test_multi_scale_averages_probabilities_resized_back():
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     # a flat image looks the same at every scale: multi-scale equals single scale
     flat = torch.full((1, 3, 48, 64), 77, dtype=torch.uint8)
-    torch.testing.assert_close(predict_logits(model, flat, scales=(0.5, 1.0, 1.75), flip=True),
-                               predict_logits(model, flat), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        predict_logits(model, flat, scales=(0.5, 1.0, 1.75), flip=True), predict_logits(model, flat), atol=1e-6, rtol=0
+    )
 
 
 def test_bad_arguments_are_rejected():
     model = Pointwise().eval()
     with pytest.raises(ValueError, match="expected uint8 images"):
         predict_logits(model, torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="stride needs a window"):
-        predict_logits(model, _images(), stride=16)
-    with pytest.raises(ValueError, match="stride <= window"):
-        predict_logits(model, _images(), window=32, stride=64)
+    with pytest.raises(ValueError, match="step needs a window"):
+        predict_logits(model, _images(), window_step=16)
+    with pytest.raises(ValueError, match="step <= window"):
+        predict_logits(model, _images(), window=32, window_step=64)
     with pytest.raises(ValueError, match="scales must be positive"):
         predict_logits(model, _images(), scales=(0.0,))

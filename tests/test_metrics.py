@@ -23,8 +23,9 @@ C, IGNORE = 5, 255
 def _batch(seed: int, n: int = 3, size: int = 24, ignore_share: float = 0.1) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     target = torch.randint(0, C, (n, size, size), generator=g)
-    pred = torch.where(torch.rand(n, size, size, generator=g) < 0.6, target,
-                       torch.randint(0, C, (n, size, size), generator=g))
+    pred = torch.where(
+        torch.rand(n, size, size, generator=g) < 0.6, target, torch.randint(0, C, (n, size, size), generator=g)
+    )
     target[torch.rand(n, size, size, generator=g) < ignore_share] = IGNORE
     return pred, target
 
@@ -58,7 +59,7 @@ def test_per_image_matrices_sum_to_the_batch_matrix():
     per_image = metrics.per_image_confusion(pred, target, C, IGNORE)
     assert per_image.shape == (4, C, C)
     for i in range(4):
-        assert torch.equal(per_image[i], metrics.confusion_matrix(pred[i:i + 1], target[i:i + 1], C, IGNORE))
+        assert torch.equal(per_image[i], metrics.confusion_matrix(pred[i : i + 1], target[i : i + 1], C, IGNORE))
     assert torch.equal(per_image.sum(0), metrics.confusion_matrix(pred, target, C, IGNORE))
 
 
@@ -124,8 +125,7 @@ def test_paired_bootstrap_separates_a_real_difference_from_none():
     cm_a = metrics.per_image_confusion(pred, target, C, IGNORE)
     same = metrics.paired_bootstrap(cm_a, cm_a.clone(), resamples=300)
     assert same["diff"] == 0.0 and same["p_value"] == 1.0 and same["ci"] == [0.0, 0.0]
-    worse = torch.where(torch.rand(pred.shape, generator=torch.Generator().manual_seed(1)) < 0.3,
-                        (pred + 1) % C, pred)
+    worse = torch.where(torch.rand(pred.shape, generator=torch.Generator().manual_seed(1)) < 0.3, (pred + 1) % C, pred)
     cm_b = metrics.per_image_confusion(worse, target, C, IGNORE)
     res = metrics.paired_bootstrap(cm_a, cm_b, resamples=300)
     assert res["diff"] > 0 and res["ci"][0] > 0

@@ -1,4 +1,5 @@
-"""The FE registry, the meta-architecture and FCN-32s/16s/8s: faithfulness to the FCN paper and the seed."""
+"""The basenet registry, the meta-architecture and FCN-32s/16s/8s: faithfulness to the FCN paper and the seed;
+every registered basenet keeps the tap contract."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import torch
 
 import seglab
 import seglab.cli
-from seglab.models import BACKBONES, DECODERS, SEED_BASENETS, build_backbone
+from seglab.errors import ConfigError
+from seglab.models import BASENETS, DECODERS, SEED_BASENETS, build_basenet
+from seglab.models.complexity import count_gflops, count_params
 from seglab.models.fcn import bilinear_kernel
-from seglab.models.summary import count_gflops, count_params
 
-SEED_TAPS = {  # nominal stride -> channels, per seed FE
+SEED_TAPS = {  # nominal stride -> channels, per seed basenet
     "vgg16": {4: 128, 8: 256, 16: 512, 32: 4096},
     "inception_v1": {4: 192, 8: 480, 16: 832, 32: 1024},
     "resnet18": {4: 64, 8: 128, 16: 256, 32: 512},
@@ -44,13 +46,26 @@ def test_fcn_variants_differ_only_in_their_skip_layers():
 
 
 @pytest.mark.parametrize("basenet", SEED_BASENETS)
-def test_seed_fe_taps(basenet):
-    backbone = build_backbone(basenet)
-    assert {t.reduction: t.channels for t in backbone.taps} == SEED_TAPS[basenet]
-    assert all(t.stride == t.reduction for t in backbone.taps)
+def test_seed_basenet_taps(basenet):
+    net = build_basenet(basenet)
+    assert {t.reduction: t.channels for t in net.taps} == SEED_TAPS[basenet]
+    assert all(t.stride == t.reduction for t in net.taps)
 
 
-@pytest.mark.parametrize("basenet", SEED_BASENETS)
+@pytest.mark.parametrize("basenet", BASENETS.names())
+def test_every_basenet_keeps_the_tap_contract(basenet):
+    with torch.device("meta"):
+        net = build_basenet(basenet)
+    features = net(torch.zeros(1, 3, 64, 96, device="meta"))
+    assert sorted(features) == [t.reduction for t in net.taps] == [4, 8, 16, 32]
+    for tap in net.taps:
+        assert features[tap.reduction].shape[1:] == (tap.channels, 64 // tap.stride, 96 // tap.stride), tap
+    spec = BASENETS[basenet]
+    assert net.spec is spec and (net.input_mean, net.input_std) == spec.normalization()
+    assert 32 in spec.output_strides
+
+
+@pytest.mark.parametrize("basenet", BASENETS.names())
 @pytest.mark.parametrize("size", [(333, 500), (375, 500), (65, 97)])
 def test_output_matches_odd_input_sizes(basenet, size):
     model = meta_model(basenet, "fcn8s", 21)
@@ -58,7 +73,7 @@ def test_output_matches_odd_input_sizes(basenet, size):
     assert out.shape == (1, 21, *size)
 
 
-@pytest.mark.parametrize("basenet", SEED_BASENETS)
+@pytest.mark.parametrize("basenet", BASENETS.names())
 def test_real_forward_odd_size(basenet):
     torch.manual_seed(0)
     model = seglab.build_model(basenet, "fcn8s", 3).eval()
@@ -68,7 +83,7 @@ def test_real_forward_odd_size(basenet):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("basenet", SEED_BASENETS)
+@pytest.mark.parametrize("basenet", BASENETS.names())
 @pytest.mark.parametrize("decoder", ["fcn32s", "fcn8s"])
 def test_every_trainable_parameter_receives_a_gradient(basenet, decoder):
     torch.manual_seed(0)
@@ -124,22 +139,24 @@ def test_bilinear_kernel_upsamples_a_constant_to_a_constant():
 
 @pytest.mark.parametrize(("basenet", "output_stride"), [("resnet18", 8), ("resnet18", 16), ("mobilenet_v2", 8)])
 def test_output_stride_uses_dilation(basenet, output_stride):
-    backbone = build_backbone(basenet, output_stride)
-    strides = {t.reduction: t.stride for t in backbone.taps}
+    net = build_basenet(basenet, output_stride)
+    strides = {t.reduction: t.stride for t in net.taps}
     assert strides == {r: min(r, output_stride) for r in (4, 8, 16, 32)}
-    features = backbone(torch.randn(1, 3, 64, 64))
+    features = net(torch.randn(1, 3, 64, 64))
     assert features[32].shape[-1] == 64 // output_stride
 
 
 def test_output_stride_refused_clearly():
-    with pytest.raises(ValueError, match=r"basenet 'vgg16' does not support --output-stride 8"):
-        build_backbone("vgg16", 8)
-    with pytest.raises(ValueError, match=r"--output-stride must be one of \(8, 16, 32\), got 4"):
-        build_backbone("resnet18", 4)
+    with pytest.raises(ConfigError, match=r"basenet 'vgg16' does not support --output-stride 8"):
+        build_basenet("vgg16", 8)
+    with pytest.raises(ConfigError, match=r"--output-stride must be one of \(8, 16, 32\), got 4"):
+        build_basenet("resnet18", 4)
+    with pytest.raises(ConfigError, match=r"basenet 'mobilenet_v3_large' supports --output-stride 32 or 16, not 8"):
+        build_basenet("mobilenet_v3_large", 8)
 
 
-def test_decoder_rejects_fe_without_needed_strides():
-    with pytest.raises(ValueError) as err:
+def test_decoder_rejects_a_basenet_without_needed_strides():
+    with pytest.raises(ConfigError) as err:
         meta_model("vit_tiny_patch16_224", "fcn8s")
     assert str(err.value) == (
         "decoder 'fcn8s' needs taps at strides [8, 16, 32], but basenet 'vit_tiny_patch16_224' "
@@ -148,17 +165,21 @@ def test_decoder_rejects_fe_without_needed_strides():
 
 
 def test_unknown_names_are_errors_listing_choices():
-    with pytest.raises(ValueError, match="unknown basenet 'resnet_v9'"):
-        build_backbone("resnet_v9")
-    with pytest.raises(KeyError, match="unknown decoder 'fcn2s'; choose one of: fcn32s, fcn16s, fcn8s"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown basenet 'resnet_v9': choose one of vgg16, inception_v1, .* a "
+        r"timm model name \(see `timm.list_models\(\)`\), or one a plugin",
+    ):
+        build_basenet("resnet_v9")
+    with pytest.raises(ConfigError, match="unknown decoder 'fcn2s'; choose one of: fcn32s, fcn16s, fcn8s"):
         DECODERS["fcn2s"]
 
 
 def test_aliases_and_any_timm_model():
-    assert BACKBONES.canonical("resnet_v1_18") == "resnet18"
-    assert BACKBONES.canonical("googlenet") == "inception_v1"
-    backbone = build_backbone("timm:convnext_atto")
-    assert [t.reduction for t in backbone.taps] == [4, 8, 16, 32]
+    assert BASENETS.canonical("resnet_v1_18") == "resnet18"
+    assert BASENETS.canonical("googlenet") == "inception_v1"
+    net = build_basenet("timm:convnext_atto")
+    assert [t.reduction for t in net.taps] == [4, 8, 16, 32]
     assert meta_model("convnext_atto", "fcn8s", 3)(torch.zeros(1, 3, 70, 90, device="meta")).shape == (1, 3, 70, 90)
 
 

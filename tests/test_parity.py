@@ -11,9 +11,9 @@ from torch import nn
 
 import seglab
 from seglab.models import SegmentationModel
-from seglab.models.backbones import StagedBackbone, Tap
+from seglab.models.basenets import StagedBasenet, Tap
+from seglab.models.complexity import count_params
 from seglab.models.lraspp import LRASPP
-from seglab.models.summary import count_params
 
 NUM_CLASSES = 21
 
@@ -58,22 +58,26 @@ def test_deeplabv3_resnet50_matches_torchvision():
     assert model.decoder.rates == (12, 24, 36)
     assert count_params(model) == count_params(reference) == 39_638_869
     randomize_batchnorm_statistics(reference)
-    copy_weights(reference, model, {
-        "backbone.": "basenet.net.",
-        "classifier.0.": "decoder.aspp.",
-        "classifier.1.": "decoder.refine.0.",
-        "classifier.2.": "decoder.refine.1.",
-        "classifier.4.": "decoder.score.",
-    })
+    copy_weights(
+        reference,
+        model,
+        {
+            "backbone.": "basenet.net.",
+            "classifier.0.": "decoder.aspp.",
+            "classifier.1.": "decoder.refine.0.",
+            "classifier.2.": "decoder.refine.1.",
+            "classifier.4.": "decoder.score.",
+        },
+    )
     assert_same_outputs(reference, model, (64, 64))
 
 
-def torchvision_lraspp_basenet() -> StagedBackbone:
+def torchvision_lraspp_basenet() -> StagedBasenet:
     """MobileNetV3-Large at output stride 16 with torchvision LR-ASPP's stride-8 tap: `features.4`.
 
     torchvision's LR-ASPP takes its low-level features after the *first* block at stride 8 (features[4]);
-    seglab's registered FE taps the *last* one (features[6], end of the stage, as timm does). Both have
-    40 channels, so parameter counts agree; for equal outputs this FE taps where torchvision does.
+    seglab's registered basenet taps the *last* one (features[6], end of the stage, as timm does). Both have
+    40 channels, so parameter counts agree; for equal outputs this basenet taps where torchvision does.
     """
     net = torchvision.models.mobilenet_v3_large(weights=None, dilated=True)
     ends = {4: 3, 8: 4, 16: 12, 32: 16}
@@ -83,8 +87,9 @@ def torchvision_lraspp_basenet() -> StagedBackbone:
         tap = Tap(f"features.{end}", channels[reduction], reduction, min(reduction, 16))
         stages.append((tap, [f"features.{i}" for i in range(start, end + 1)]))
         start = end + 1
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    return StagedBackbone("mobilenet_v3_large", net, stages, mean, std, 16, ("classifier.",))
+    basenet = StagedBasenet("mobilenet_v3_large", net, stages, 16, ("classifier.",))
+    basenet.input_mean, basenet.input_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return basenet
 
 
 def torchvision_lraspp() -> nn.Module:
@@ -124,12 +129,24 @@ def test_linknet_resnet18_parameter_count_against_smp_itemized():
     assert count_params(model.basenet) == count_params(reference.encoder) == 11_176_512
 
     def smp_block(m: int, n: int) -> int:  # 1x1, 4x4 transposed conv with bias, 1x1; each + BN
-        return conv(m, m // 4, 1, False) + bn(m // 4) + conv(m // 4, m // 4, 4, True) + bn(m // 4) + conv(
-            m // 4, n, 1, False) + bn(n)
+        return (
+            conv(m, m // 4, 1, False)
+            + bn(m // 4)
+            + conv(m // 4, m // 4, 4, True)
+            + bn(m // 4)
+            + conv(m // 4, n, 1, False)
+            + bn(n)
+        )
 
     def seglab_block(m: int, n: int) -> int:  # 1x1, 3x3 transposed conv (paper), 1x1; each + BN
-        return conv(m, m // 4, 1, False) + bn(m // 4) + conv(m // 4, m // 4, 3, False) + bn(m // 4) + conv(
-            m // 4, n, 1, False) + bn(n)
+        return (
+            conv(m, m // 4, 1, False)
+            + bn(m // 4)
+            + conv(m // 4, m // 4, 3, False)
+            + bn(m // 4)
+            + conv(m // 4, n, 1, False)
+            + bn(n)
+        )
 
     smp_blocks = [count_params(b) for b in reference.decoder.blocks]
     assert smp_blocks == [smp_block(m, n) for m, n in [(512, 256), (256, 128), (128, 64), (64, 64), (64, 32)]]

@@ -9,10 +9,16 @@ from PIL import Image
 
 from seglab.cli import main as seglab
 from seglab.data.base import voc_palette
-from seglab.engine.checkpoint import load_model
+from seglab.data.io import read_image
+from seglab.engine.checkpoint import load_run
 from seglab.engine.inference import predict_logits
-from seglab.predict import collect_images, read_rgb
-from seglab.report import overlay
+from seglab.errors import BadSampleError, ConfigError, PathError
+from seglab.predict import collect_images
+from seglab.visual import overlay
+
+
+def read_rgb(path):
+    return read_image(path, formats=None, exif=True)
 
 
 @pytest.fixture(scope="module")
@@ -30,32 +36,36 @@ def test_collect_images_expands_files_folders_and_globs(photos, tmp_path):
     png, jpg = photos / "astronaut.png", photos / "chelsea.jpg"
     assert collect_images([photos]) == [png.resolve(), jpg.resolve()]
     assert collect_images([str(photos / "*.jpg"), png, jpg]) == [jpg.resolve(), png.resolve()]
-    with pytest.raises(FileNotFoundError, match=r"missing\.png: no such file or folder"):
+    with pytest.raises(PathError, match=r"missing\.png: no such file or folder"):
         collect_images([photos / "missing.png"])
-    with pytest.raises(FileNotFoundError, match=r"\*\.bmp: the pattern matches no files"):
+    with pytest.raises(PathError, match=r"\*\.bmp: the pattern matches no files"):
         collect_images([str(photos / "*.bmp")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty: folder holds no images"):
+    with pytest.raises(PathError, match="empty: folder holds no images"):
         collect_images([tmp_path / "empty"])
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "astronaut.png")
-    with pytest.raises(ValueError, match="have the same name 'astronaut'"):
+    with pytest.raises(ConfigError, match="have the same name 'astronaut'"):
         collect_images([photos, tmp_path / "astronaut.png"])
 
 
 def test_unreadable_image_is_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(ValueError, match=r"broken\.jpg: cannot read the image"):
+    with pytest.raises(BadSampleError, match=r"broken\.jpg: unreadable image: not an image file"):
         read_rgb(bad)
 
 
 def test_predict_cli_writes_what_inference_computes(photos, tmp_path, capsys):
     run = randomize_run(train_tiny_run(tmp_path / "runs"))
     out = tmp_path / "pred"
-    assert seglab(["predict", str(run), str(photos), "--out", str(out), "--flip", "--scales", "0.75,1",
-                   "--save-probs", "npy"]) == 0
+    assert (
+        seglab(
+            ["predict", str(run), str(photos), "--out", str(out), "--flip", "--scales", "0.75,1", "--save-probs", "npy"]
+        )
+        == 0
+    )
     assert "of 2 images" in capsys.readouterr().out
-    model, _ = load_model(run)
+    model = load_run(run).model
     palette = voc_palette(6)  # the synthetic dataset's palette
     for name, suffix in (("astronaut", ".png"), ("chelsea", ".jpg")):
         image = read_rgb(photos / f"{name}{suffix}")

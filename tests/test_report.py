@@ -1,11 +1,10 @@
-"""report.md / report.html: content, self-containment, overlays and the paste-ready results row."""
+"""report.md / report.html: content, self-containment and the paste-ready results row."""
 
 from __future__ import annotations
 
 import io
 import re
 
-import numpy as np
 from eval_fixtures import OracleModel, random_case
 from PIL import Image
 
@@ -13,22 +12,21 @@ from seglab import report
 from seglab.engine import evaluate as ev
 
 
-def test_colourize_and_overlay():
-    palette = np.array([[0, 0, 0], [200, 100, 0]], dtype=np.uint8)
-    label = np.array([[0, 1, 255]])
-    assert report.colourize(label, palette, 255).tolist() == [[[0, 0, 0], [200, 100, 0], [255, 255, 255]]]
-    image = np.full((1, 3, 3), 100, dtype=np.uint8)
-    blended = report.overlay(image, label, palette, 255)
-    a = report.OVERLAY_ALPHA
-    assert blended[0, 1].tolist() == [round((1 - a) * 100 + a * c) for c in (200, 100, 0)]
-
-
 def test_results_row():
-    summary = {"miou": 0.63214, "miou_ci": [0.6188, 0.6441], "dataset": {"name": "voc", "split": "val"},
-               "model": {"basenet": "resnet18", "decoder": "fcn8s", "params": 11_700_000, "gflops": 21.44,
-                         "gflops_size": [512, 512]}}
+    summary = {
+        "miou": 0.63214,
+        "miou_ci": [0.6188, 0.6441],
+        "dataset": {"name": "voc", "split": "val"},
+        "model": {
+            "basenet": "resnet18",
+            "decoder": "fcn8s",
+            "params": 11_700_000,
+            "gflops": 21.44,
+            "gflops_size": [512, 512],
+        },
+    }
     header, row = report.results_row(summary)
-    assert header.splitlines()[0] == "| FE | decoder | params (M) | GFLOPs @ 512x512 | voc val mIoU (95% CI) |"
+    assert header.splitlines()[0] == "| basenet | decoder | params (M) | GFLOPs @ 512x512 | voc val mIoU (95% CI) |"
     assert row == "| resnet18 | fcn8s | 11.70 | 21.4 | 63.2 (61.9–64.4) |"
 
 
@@ -36,13 +34,15 @@ def _summary_and_gallery(tmp_path):
     data = random_case(8, n=5)
     result = ev.evaluate(OracleModel(3), data, gallery=3)
     summary = ev.summarize(result, bootstrap=100, size_bins=(30, 80))
-    summary["model"] = {"basenet": "oracle", "decoder": "none", "params": 1, "gflops": 0.0,
-                        "gflops_size": [64, 64]}
+    summary["model"] = {"basenet": "oracle", "decoder": "none", "params": 1, "gflops": 0.0, "gflops_size": [64, 64]}
     summary["dataset"] = {"name": "fake", "split": "val"}
     summary["test_options"] = {"scales": [1.0], "flip": False, "window": None, "stride": None}
-    summary["checkpoint_spread"] = ev.checkpoint_spread([
-        {"checkpoint": "last", "step": 300, "miou": 0.60, "miou_ci": [0.55, 0.65]},
-        {"checkpoint": "step_200", "step": 200, "miou": 0.58, "miou_ci": [0.53, 0.63]}])
+    summary["checkpoint_spread"] = ev.checkpoint_spread(
+        [
+            {"checkpoint": "last", "step": 300, "miou": 0.60, "miou_ci": [0.55, 0.65]},
+            {"checkpoint": "step_200", "step": 200, "miou": 0.58, "miou_ci": [0.53, 0.63]},
+        ]
+    )
     return summary, report.gallery_items(data, result), data
 
 
@@ -51,10 +51,18 @@ def test_report_holds_every_section_and_is_self_contained(tmp_path):
     html_path, md_path = report.write_report(tmp_path, summary, gallery, data.palette)
     md = md_path.read_text()
     low, high = summary["miou_ci"]
-    assert f"**mIoU {100 * summary['miou']:.2f}** (95% CI {100 * low:.1f}–{100 * high:.1f}; bootstrap over 5 " \
-           "images, 100 resamples, seed 0)" in md
-    for heading in ("## Results-table row", "## Checkpoint spread", "## Per class", "## Per object size",
-                    "## Failure analysis", "### Worst 3 images by per-image mIoU"):
+    assert (
+        f"**mIoU {100 * summary['miou']:.2f}** (95% CI {100 * low:.1f}–{100 * high:.1f}; bootstrap over 5 "
+        "images, 100 resamples, seed 0)" in md
+    )
+    for heading in (
+        "## Results-table row",
+        "## Checkpoint spread",
+        "## Per class",
+        "## Per object size",
+        "## Failure analysis",
+        "### Worst 3 images by per-image mIoU",
+    ):
         assert heading in md, heading
     assert report.results_row(summary)[1] in md
     assert "mean 59.00, std 1.41, range 58.00–60.00 over 2 checkpoints" in md

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -20,10 +21,16 @@ from train_runner import TrainServer, losses
 from seglab.engine import checkpoint
 
 ITERS = 60
-ARGS = ["train", "--basenet", "lcnet_050", "--decoder", "fcn8s", "--pretrained", "none", "--device", "cpu",
-        "--dataset-options", "length=16", "size=32", "--crop", "32", "--batch-size", "2", "--iters", str(ITERS),
-        "--workers", "0", "--log-every", "1", "--eval-every", "6", "--eval-fraction", "0.5",
-        "--ckpt-every", "1", "--keep", "20", "--learnrate", "0.05"]
+ARGS = [
+    *shlex.split(
+        "train --basenet lcnet_050 --decoder fcn8s --pretrained none --device cpu "
+        "--dataset-options length=16 size=32 --crop 32 --batch-size 2 --iters"
+    ),
+    str(ITERS),
+    *shlex.split(
+        "--workers 0 --log-every 1 --eval-every 6 --eval-fraction 0.5 --ckpt-every 1 --keep 20 --learnrate 0.05"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
 import yaml
 from scipy.stats import spearmanr
 
+from seglab.bench import result_columns
 from seglab.cli import main as seglab
-from seglab.engine.checkpoint import load_model
-from seglab.imagenet_top1 import TIMM_TOP1, imagenet_top1
-from seglab.models import SEED_BASENETS
-from seglab.study import correlations, read_study, result_columns, result_row, spearman
+from seglab.engine.checkpoint import load_run
+from seglab.errors import ConfigError
+from seglab.models import BASENETS, SEED_BASENETS, basenet_spec
+from seglab.runs import RunDir
+from seglab.study import correlations, read_study, result_row, spearman
 
 TINY = {
     "basenets": ["resnet10t", "resnet18"],
     "decoders": ["fcn8s"],
-    "train": {"dataset": "synthetic", "dataset_options": {"length": 4, "size": 32}, "iters": 1, "batch_size": 2,
-              "crop": [32, 32], "pretrained": "none", "workers": 0, "eval_every": 0, "device": "cpu"},
+    "train": {
+        "dataset": "synthetic",
+        "dataset_options": {"length": 4, "size": 32},
+        "iters": 1,
+        "batch_size": 2,
+        "crop": [32, 32],
+        "pretrained": "none",
+        "workers": 0,
+        "eval_every": 0,
+        "device": "cpu",
+    },
     "test": {"bootstrap": 50, "workers": 0, "device": "cpu"},
     "bench": {"size": 32, "backends": ["eager"], "warmup": 0, "repeats": 2, "threads": 1},
 }
@@ -41,10 +53,10 @@ def test_study_end_to_end(tmp_path, capsys, monkeypatch):
         metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
         assert float(row["miou"]) == pytest.approx(100 * metrics["miou"])
         assert float(row["miou_ci_low"]) == pytest.approx(100 * metrics["miou_ci"][0])
-        model, runargs = load_model(run)
-        assert runargs["iters"] == 1 and runargs["basenet"] == row["basenet"]
-        assert int(row["params"]) == sum(p.numel() for p in model.parameters())
-        assert row["imagenet_top1"] == ""  # FEs trained from scratch: their ImageNet accuracy does not apply
+        loaded = load_run(run)
+        assert loaded.config.iters == 1 and loaded.config.basenet == row["basenet"]
+        assert int(row["params"]) == sum(p.numel() for p in loaded.model.parameters())
+        assert row["imagenet_top1"] == ""  # basenets trained from scratch: their ImageNet accuracy does not apply
         assert float(row["latency_ms_eager"]) > 0
     for plot in ("miou_vs_top1.png", "miou_vs_gflops.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,37 +90,65 @@ def test_result_row_takes_top1_only_for_imagenet_weights(tmp_path, pretrained):
     run = tmp_path / "run"
     (run / "eval" / "val").mkdir(parents=True)
     (run / "runargs.yaml").write_text(yaml.safe_dump({"basenet": "mobilenet_v1", "pretrained": pretrained}))
-    metrics = run / "eval" / "val" / "metrics.json"
-    metrics.write_text(json.dumps({"miou": 0.5, "miou_ci": [0.25, 0.75], "dataset": {"name": "voc", "split": "val"}}))
-    measured = {"params": 10, "gflops": 1.5, "threads": 1, "latency": {"eager": 2.0},
-                "latency_iqr": {"eager": (1.5, 3.0)}}
-    row = result_row("mobilenet_v1", "fcnw", run, metrics, measured)
+    summary = {"miou": 0.5, "miou_ci": [0.25, 0.75], "dataset": {"name": "voc", "split": "val"}}
+    measured = {
+        "params": 10,
+        "gflops": 1.5,
+        "threads": 1,
+        "latency": {"eager": 2.0},
+        "latency_iqr": {"eager": (1.5, 3.0)},
+    }
+    row = result_row("mobilenet_v1", "fcnw", RunDir(run), summary, measured)
     assert (row["miou"], row["miou_ci_low"], row["miou_ci_high"], row["eval"]) == (50, 25, 75, "voc val")
     assert (row["latency_ms_eager"], row["latency_q1_ms_eager"], row["latency_q3_ms_eager"]) == (2.0, 1.5, 3.0)
-    assert row["imagenet_top1"] == (TIMM_TOP1["mobilenet_v1"].top1 if pretrained == "imagenet" else None)
+    assert row["imagenet_top1"] == (BASENETS["mobilenet_v1"].top1.top1 if pretrained == "imagenet" else None)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ({"basenets": ["vgg16"], "decoders": ["fcn8s"], "epochs": 3}, "unknown keys epochs"),
-    ({"basenets": [], "decoders": ["fcn8s"]}, "'basenets' must be a non-empty list"),
-    ({"basenets": ["vgg16"], "decoders": ["fcn8s"], "train": {"basenet": "x"}}, "train.basenet cannot be set"),
-    ({"basenets": ["vgg16"], "decoders": ["fcn8s"], "bench": {"fp16": True}}, "unknown bench keys fp16"),
-])
-def test_study_yaml_errors_name_the_file(tmp_path, capsys, content, message):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"basenets": ["vgg16"], "decoders": ["fcn8s"], "epochs": 3}, "unknown key 'epochs'; known keys: basenets,"),
+        ({"basenets": [], "decoders": ["fcn8s"]}, "'basenets' must be a non-empty list"),
+        (
+            {"basenets": ["vgg16"], "decoders": ["fcn8s"], "train": {"basenet": "x"}},
+            "train: basenet cannot be set here: the study sets them per run",
+        ),
+        (
+            {"basenets": ["vgg16"], "decoders": ["fcn8s"], "train": {"learnrate": "fast"}},
+            "train: learnrate must be float, got 'fast'",
+        ),
+        ({"basenets": ["vgg16"], "decoders": ["fcn8s"], "test": {"flip": "yes"}}, "test: flip must be bool, got 'yes'"),
+        (
+            {"basenets": ["vgg16"], "decoders": ["fcn8s"], "bench": {"fp16": True}},
+            "bench: unknown key 'fp16'; known keys: runs, basenets,",
+        ),
+        (
+            {"basenets": ["vgg16"], "decoders": ["fcn8s"], "bench": {"backends": ["tvm"]}},
+            "bench: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'",
+        ),
+    ],
+)
+def test_study_yaml_errors_name_the_file_and_key(tmp_path, capsys, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(content))
-    with pytest.raises(ValueError, match=rf"bad\.yaml: {message}"):
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: {re.escape(message)}"):
         read_study(path)
     assert seglab(["study", str(path), "--out", str(tmp_path / "out")]) == 1
-    assert f"bad.yaml: {message}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"bad.yaml: {message}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_spearman_by_hand_and_with_missing_values():
-    rows = [{"imagenet_top1": x, "miou": y, "gflops": g, "decoder": d}
-            for x, y, g, d in [(1, 1, 4, "a"), (2, 3, 3, "a"), (3, 2, 2, "a"), (4, 4, 1, "a"), (None, 9, 0, "b")]]
+    rows = [
+        {"imagenet_top1": x, "miou": y, "gflops": g, "decoder": d}
+        for x, y, g, d in [(1, 1, 4, "a"), (2, 3, 3, "a"), (3, 2, 2, "a"), (4, 4, 1, "a"), (None, 9, 0, "b")]
+    ]
     # ranks of x 1 2 3 4, of y 1 3 2 4: d^2 sum 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
-    assert spearman(rows, "imagenet_top1") == {"n": 4, "rho": pytest.approx(0.8),
-                                               "p": pytest.approx(spearmanr([1, 2, 3, 4], [1, 3, 2, 4]).pvalue)}
+    assert spearman(rows, "imagenet_top1") == {
+        "n": 4,
+        "rho": pytest.approx(0.8),
+        "p": pytest.approx(spearmanr([1, 2, 3, 4], [1, 3, 2, 4]).pvalue),
+    }
     corr = correlations(rows)
     assert corr["all"]["gflops"]["n"] == 5
     assert corr["decoder b"]["imagenet_top1"] == {"n": 0, "rho": None, "p": None}
@@ -116,9 +156,9 @@ def test_spearman_by_hand_and_with_missing_values():
 
 def test_imagenet_top1_for_every_seed_basenet():
     for basenet in SEED_BASENETS:
-        top1 = imagenet_top1(basenet)
+        top1 = basenet_spec(basenet).imagenet_top1()
         assert top1 is not None and 60 < top1.top1 < 90 and top1.source
-    assert imagenet_top1("googlenet") == imagenet_top1("inception_v1")
-    assert imagenet_top1("vgg16").weights == "torchvision VGG16_Weights.IMAGENET1K_V1"
-    assert imagenet_top1("vgg16").top1 == 71.592
-    assert imagenet_top1("convnext_tiny") is None
+    assert basenet_spec("googlenet").imagenet_top1() == basenet_spec("inception_v1").imagenet_top1()
+    assert basenet_spec("vgg16").imagenet_top1().weights == "torchvision VGG16_Weights.IMAGENET1K_V1"
+    assert basenet_spec("vgg16").imagenet_top1().top1 == 71.592
+    assert basenet_spec("convnext_tiny").imagenet_top1() is None

@@ -56,7 +56,7 @@ def test_sums_over_ranks_give_the_global_mean():
     logits, target = batch(3, n=4)
     target[0] = IGNORE  # the halves hold different numbers of valid pixels
     loss_fn = SegmentationLoss(4, IGNORE, [1.0, 2.0, 0.5, 1.0])
-    halves = [loss_fn(logits[i:i + 2], target[i:i + 2]) for i in (0, 2)]
+    halves = [loss_fn(logits[i : i + 2], target[i : i + 2]) for i in (0, 2)]
     total = sum(h[0] for h in halves) / sum(h[1] for h in halves)
     assert torch.allclose(total, mean(loss_fn, logits, target), rtol=1e-6)
 

@@ -25,12 +25,15 @@ def optimizer() -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
 
-@pytest.mark.parametrize(("decay", "reference"), [
-    ("poly", lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=TOTAL, power=0.9)),
-    ("cosine", lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL)),
-    ("step", lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [TOTAL // 3, 2 * TOTAL // 3], gamma=0.1)),
-    ("none", lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)),
-])
+@pytest.mark.parametrize(
+    ("decay", "reference"),
+    [
+        ("poly", lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=TOTAL, power=0.9)),
+        ("cosine", lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL)),
+        ("step", lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [TOTAL // 3, 2 * TOTAL // 3], gamma=0.1)),
+        ("none", lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)),
+    ],
+)
 def test_decay_matches_torch_scheduler(decay, reference):
     ours = rates(build_scheduler(optimizer(), decay, TOTAL), TOTAL)
     theirs = rates(reference(optimizer()), TOTAL)

@@ -12,14 +12,15 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 
 import seglab
-from seglab.models import build_backbone, load_pretrained
+from seglab.errors import CheckpointError, ConfigError, PathError
+from seglab.models import build_basenet, load_pretrained
 from seglab.models.weights import read_state_dict, remap_lukemelas_efficientnet, resolve_pretrained
 
 
 @pytest.fixture(scope="module")
 def lite0_classifier() -> torch.nn.Module:
-    backbone = build_backbone("efficientnet_lite0")
-    state, _ = resolve_pretrained(backbone, "package")
+    net = build_basenet("efficientnet_lite0")
+    state, _ = resolve_pretrained(net, "package")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(remap_lukemelas_efficientnet(state, "tf_efficientnet_lite0"), strict=True)
     return model.eval()
@@ -45,7 +46,7 @@ def test_efficientnet_lite0_package_weights_classify_real_photos(lite0_classifie
     assert top1 in classes
 
 
-def test_fe_loaded_from_package_equals_the_classifier_trunk(lite0_classifier):
+def test_basenet_loaded_from_package_equals_the_classifier_trunk(lite0_classifier):
     model = seglab.build_model("efficientnet_lite0", "fcn8s", 3, pretrained="package").eval()
     x = preprocess(skdata.chelsea(), model.input_mean, model.input_std)
     with torch.no_grad():
@@ -55,9 +56,9 @@ def test_fe_loaded_from_package_equals_the_classifier_trunk(lite0_classifier):
 
 
 def test_package_report_lists_the_ignored_classifier():
-    backbone = build_backbone("efficientnet_lite0")
-    report = load_pretrained(backbone, "package")
-    assert report.loaded == len(backbone.state_dict())
+    net = build_basenet("efficientnet_lite0")
+    report = load_pretrained(net, "package")
+    assert report.loaded == len(net.state_dict())
     assert report.ignored == [
         "body.bn2.bias",
         "body.bn2.num_batches_tracked",
@@ -77,21 +78,21 @@ def test_mismatched_keys_are_an_error_listing_them(tmp_path):
     del state["layer1.0.conv1.weight"]
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError) as err:
-        load_pretrained(build_backbone("resnet18"), str(path))
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(build_basenet("resnet18"), str(path))
     message = str(err.value)
-    assert message.startswith(f"pretrained weights {path} do not match basenet 'resnet18':")
-    assert "unexpected keys: body.layer9.weight" in message
-    assert "missing keys: body.layer1.0.conv1.weight" in message
+    assert message.startswith(f"pretrained weights {path} do not match basenet 'resnet18': ")
+    assert "unexpected keys: body.layer9.weight; missing keys: body.layer1.0.conv1.weight" in message
+    assert "\n" not in message
 
 
-def test_torchvision_resnet18_checkpoint_in_ddp_wrapper_loads_into_timm_fe(tmp_path):
+def test_torchvision_resnet18_checkpoint_in_ddp_wrapper_loads_into_timm_basenet(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
-    backbone = build_backbone("resnet18").eval()
-    report = load_pretrained(backbone, str(path))
+    net = build_basenet("resnet18").eval()
+    report = load_pretrained(net, str(path))
     assert report.ignored == ["body.fc.bias", "body.fc.weight"]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -100,7 +101,7 @@ def test_torchvision_resnet18_checkpoint_in_ddp_wrapper_loads_into_timm_fe(tmp_p
                 reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))
             )
         )
-        assert torch.allclose(backbone(x)[32], expected, atol=1e-6)
+        assert torch.allclose(net(x)[32], expected, atol=1e-6)
 
 
 def test_vgg16_classifier_becomes_fc6_fc7_convolutions(tmp_path):
@@ -108,14 +109,14 @@ def test_vgg16_classifier_becomes_fc6_fc7_convolutions(tmp_path):
     reference = torchvision.models.vgg16(weights=None).eval()
     path = tmp_path / "vgg16.safetensors"
     save_file(reference.state_dict(), str(path))
-    backbone = build_backbone("vgg16").eval()
-    report = load_pretrained(backbone, str(path))
+    net = build_basenet("vgg16").eval()
+    report = load_pretrained(net, str(path))
     assert report.ignored == ["classifier.6.bias", "classifier.6.weight"]
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         pool5 = reference.features(x)
         fc7 = reference.classifier[:5](torch.flatten(pool5, 1))  # fc6, relu, dropout, fc7, relu
-        ours = backbone(x)[32]
+        ours = net(x)[32]
     assert ours.shape == (1, 4096, 7, 7)
     # with the 7x7 pool5 map, the centre of the convolutional fc7 sees exactly the Linear layers' input
     assert torch.allclose(ours[0, :, 3, 3], fc7[0], atol=1e-4)
@@ -126,22 +127,26 @@ def test_googlenet_checkpoint_maps_into_inception_v1(tmp_path):
     reference = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).eval()
     path = tmp_path / "googlenet.pth"
     torch.save(reference.state_dict(), path)
-    backbone = build_backbone("inception_v1").eval()
-    assert load_pretrained(backbone, str(path)).ignored == ["net.fc.bias", "net.fc.weight"]
+    net = build_basenet("inception_v1").eval()
+    assert load_pretrained(net, str(path)).ignored == ["net.fc.bias", "net.fc.weight"]
     assert torch.equal(
-        backbone.state_dict()["net.inception5b.branch1.conv.weight"],
+        net.state_dict()["net.inception5b.branch1.conv.weight"],
         reference.state_dict()["inception5b.branch1.conv.weight"],
     )
 
 
 def test_read_state_dict_errors():
-    with pytest.raises(FileNotFoundError, match="pretrained weights file /nonexistent.pth does not exist"):
+    with pytest.raises(PathError, match="pretrained weights file /nonexistent.pth does not exist"):
         read_state_dict("/nonexistent.pth")
 
 
 def test_no_offline_package_for_vgg16():
-    with pytest.raises(ValueError, match="no offline weights package for basenet 'vgg16'"):
-        resolve_pretrained(build_backbone("vgg16"), "package")
+    with pytest.raises(
+        ConfigError,
+        match="--pretrained package: no offline weights package for basenet 'vgg16'; "
+        "packages exist for efficientnet_lite0, efficientnet_lite1, efficientnet_lite2",
+    ):
+        resolve_pretrained(build_basenet("vgg16"), "package")
 
 
 def test_malicious_pickle_is_refused(tmp_path):
@@ -151,5 +156,9 @@ def test_malicious_pickle_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"weight": Payload()}, path)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"pretrained weights .*evil.pth cannot be loaded: UnpicklingError: "
+        r"Weights only load failed",
+    ):
         read_state_dict(path)

@@ -53,8 +53,9 @@ class TrainServer:
 
     def __init__(self, cwd: Path) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env
+        )
 
     def _ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")

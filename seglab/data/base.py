@@ -16,14 +16,10 @@ import numpy as np
 import torch
 
 from seglab.data import io
-from seglab.data.io import BadSampleError
+from seglab.errors import BadSampleError, DatasetError
 from seglab.registry import Registry
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be built (root or list missing, unsafe list entries); says what to do."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +34,13 @@ class Finding:
 
     def as_dict(self) -> dict:
         """Return the finding as a JSON-ready dict."""
-        return {"kind": self.kind, "severity": self.severity, "path": self.path, "message": self.message,
-                "details": self.details}
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "path": self.path,
+            "message": self.message,
+            "details": self.details,
+        }
 
     @classmethod
     def from_error(cls, err: BadSampleError) -> Finding:
@@ -168,8 +169,15 @@ class FileDataset(SegmentationDataset):
     image_formats: tuple[str, ...] = ("JPEG",)
     label_map: np.ndarray = label_lut({})
 
-    def __init__(self, root: Path, split: str, samples: Iterable[Sample], *, strict: bool = True,
-                 findings: Iterable[Finding] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        samples: Iterable[Sample],
+        *,
+        strict: bool = True,
+        findings: Iterable[Finding] = (),
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.list_findings = list(findings)
@@ -184,8 +192,9 @@ class FileDataset(SegmentationDataset):
         if strict and unsafe:
             listed = "\n".join(f"  {f.message}" for f in unsafe[:20])
             more = f"\n  ... and {len(unsafe) - 20} more" if len(unsafe) > 20 else ""
-            raise DatasetError(f"{self.name} {split}: {len(unsafe)} list entries leave the dataset root "
-                               f"{self.root}:\n{listed}{more}")
+            raise DatasetError(
+                f"{self.name} {split}: {len(unsafe)} list entries leave the dataset root {self.root}:\n{listed}{more}"
+            )
         identity = np.arange(256)
         self._label_is_identity = bool(np.all((self.label_map == identity) | (self.label_map < 0)))
         self._label_map_u8 = np.where(self.label_map < 0, 0, self.label_map).astype(np.uint8)
@@ -197,8 +206,12 @@ class FileDataset(SegmentationDataset):
             try:
                 resolve_inside(self.root, path)
             except ValueError as err:
-                return Finding("path_outside_root", str(path), f"{sample.source}: entry {sample.id!r} {err}",
-                               details={"list": sample.source, "entry": sample.id})
+                return Finding(
+                    "path_outside_root",
+                    str(path),
+                    f"{sample.source}: entry {sample.id!r} {err}",
+                    details={"list": sample.source, "entry": sample.id},
+                )
         return None
 
     def __len__(self) -> int:
@@ -220,9 +233,12 @@ class FileDataset(SegmentationDataset):
         image = io.read_image(sample.image, self.image_formats)
         raw = self.read_raw_label(sample)
         if raw.shape != tuple(image.shape[1:]):
-            raise BadSampleError(sample.label, f"label is {raw.shape[0]}x{raw.shape[1]} (HxW) but image "
-                                 f"{sample.image.name} is {image.shape[1]}x{image.shape[2]}",
-                                 kind="size_mismatch")
+            raise BadSampleError(
+                sample.label,
+                f"label is {raw.shape[0]}x{raw.shape[1]} (HxW) but image "
+                f"{sample.image.name} is {image.shape[1]}x{image.shape[2]}",
+                kind="size_mismatch",
+            )
         return image, self.map_label(raw, sample.label)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
@@ -235,9 +251,13 @@ class FileDataset(SegmentationDataset):
         bad = np.flatnonzero((counts > 0) & (self.label_map < 0))
         if bad.size:
             listed = ", ".join(f"{v} ({counts[v]} px)" for v in bad)
-            raise BadSampleError(path, f"label values {listed} are neither a class (0..{self.num_classes - 1}) "
-                                 f"nor the ignore index {self.ignore_index}", kind="label_values",
-                                 details={"values": {int(v): int(counts[v]) for v in bad}})
+            raise BadSampleError(
+                path,
+                f"label values {listed} are neither a class (0..{self.num_classes - 1}) "
+                f"nor the ignore index {self.ignore_index}",
+                kind="label_values",
+                details={"values": {int(v): int(counts[v]) for v in bad}},
+            )
         mapped = raw if self._label_is_identity else self._label_map_u8[raw]
         return torch.from_numpy(np.ascontiguousarray(mapped))
 

@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from seglab.data import io
-from seglab.data.base import DatasetError, FileDataset, Finding, SegmentationDataset
-from seglab.data.io import BadSampleError
+from seglab.data.base import FileDataset, Finding, SegmentationDataset
+from seglab.errors import BadSampleError, DatasetError
 
 
 @dataclass
@@ -49,16 +49,24 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         """Return the report as a JSON-ready dict."""
-        return {"dataset": self.dataset, "samples": self.samples, "decoded": self.decoded,
-                "errors": len(self.errors), "warnings": len(self.warnings), "counts": self.counts(),
-                "findings": [f.as_dict() for f in self.findings]}
+        return {
+            "dataset": self.dataset,
+            "samples": self.samples,
+            "decoded": self.decoded,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "counts": self.counts(),
+            "findings": [f.as_dict() for f in self.findings],
+        }
 
     def format(self) -> str:
         """Return the report as text: one line per finding, then the counts."""
         lines = [f"[{f.severity}] {f.kind}: {f.message}" for f in self.findings]
         counts = ", ".join(f"{kind} {n}" for kind, n in self.counts().items()) or "none"
-        lines.append(f"{self.dataset}: {self.samples} samples, {self.decoded} decoded; "
-                     f"{len(self.errors)} errors, {len(self.warnings)} warnings ({counts})")
+        lines.append(
+            f"{self.dataset}: {self.samples} samples, {self.decoded} decoded; "
+            f"{len(self.errors)} errors, {len(self.warnings)} warnings ({counts})"
+        )
         return "\n".join(lines)
 
 
@@ -69,8 +77,11 @@ def quick_check(dataset: SegmentationDataset) -> list[Finding]:
         for index in range(len(dataset)):
             for role, path in dataset.files(index).items():
                 if role != "instances" and not path.is_file():
-                    findings.append(Finding(f"{role}_missing", str(path),
-                                            f"{path}: {role} of {dataset.sample_id(index)} is missing"))
+                    findings.append(
+                        Finding(
+                            f"{role}_missing", str(path), f"{path}: {role} of {dataset.sample_id(index)} is missing"
+                        )
+                    )
     return findings
 
 
@@ -81,9 +92,11 @@ def drop_missing(dataset: FileDataset, *, skip_bad: bool) -> list[Finding]:
     if findings and not skip_bad:
         listed = "\n".join(f"  {f.message}" for f in findings[:20])
         more = f"\n  ... and {len(findings) - 20} more" if len(findings) > 20 else ""
-        raise DatasetError(f"{dataset.describe()}: {len(findings)} fault(s):\n{listed}{more}\n"
-                           "run `seglab data check` for a full report, or pass --skip-bad-samples to "
-                           "leave these samples out (they are counted in the run log)")
+        raise DatasetError(
+            f"{dataset.describe()}: {len(findings)} fault(s):\n{listed}{more}\n"
+            "run `seglab data check` for a full report, or pass --skip-bad-samples to "
+            "leave these samples out (they are counted in the run log)"
+        )
     missing = {f.path for f in findings}
     dataset.samples = [s for s in dataset.samples if str(s.image) not in missing and str(s.label) not in missing]
     return findings
@@ -116,9 +129,14 @@ def check_sample(dataset: SegmentationDataset, index: int) -> list[Finding]:
         findings.append(Finding.from_error(err))
     if image is not None and label is not None:
         if tuple(label.shape) != tuple(image.shape[1:]):
-            findings.append(Finding("size_mismatch", str(sample.label),
-                                    f"{sample.label}: label is {label.shape[0]}x{label.shape[1]} (HxW) but image "
-                                    f"{sample.image.name} is {image.shape[1]}x{image.shape[2]}"))
+            findings.append(
+                Finding(
+                    "size_mismatch",
+                    str(sample.label),
+                    f"{sample.label}: label is {label.shape[0]}x{label.shape[1]} (HxW) but image "
+                    f"{sample.image.name} is {image.shape[1]}x{image.shape[2]}",
+                )
+            )
         findings += binary_mask_warning(label, str(sample.label), dataset.ignore_index)
     return findings
 
@@ -130,10 +148,17 @@ def binary_mask_warning(label: torch.Tensor, name: str, ignore_index: int) -> li
     if values != {0, ignore_index}:
         return []
     share = float((label == ignore_index).float().mean())
-    return [Finding("binary_mask", name, f"{name}: label holds only 0 and the ignore index {ignore_index} "
-                    f"({share:.0%} of pixels): a 0/{ignore_index} binary mask? Its foreground would be "
-                    "ignored; store class indices (0/1) instead", severity="warning",
-                    details={"values": sorted(values), "ignored_share": round(share, 4)})]
+    return [
+        Finding(
+            "binary_mask",
+            name,
+            f"{name}: label holds only 0 and the ignore index {ignore_index} "
+            f"({share:.0%} of pixels): a 0/{ignore_index} binary mask? Its foreground would be "
+            "ignored; store class indices (0/1) instead",
+            severity="warning",
+            details={"values": sorted(values), "ignored_share": round(share, 4)},
+        )
+    ]
 
 
 _WORKER_DATASET: SegmentationDataset | None = None
@@ -159,7 +184,7 @@ def check_dataset(dataset: SegmentationDataset, *, quick: bool = False, workers:
     missing = {f.path for f in findings}
     indices = [i for i in range(len(dataset)) if not missing.intersection(map(str, _files(dataset, i)))]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    chunks = [indices[i:i + 64] for i in range(0, len(indices), 64)]
+    chunks = [indices[i : i + 64] for i in range(0, len(indices), 64)]
     progress = tqdm(total=len(indices), desc="check", unit="sample", disable=not sys.stderr.isatty())
     results = []
     if workers <= 1 or len(chunks) <= 1:
@@ -179,4 +204,3 @@ def check_dataset(dataset: SegmentationDataset, *, quick: bool = False, workers:
 
 def _files(dataset: SegmentationDataset, index: int) -> list:
     return [p for role, p in dataset.files(index).items() if role != "instances"]
-

@@ -1,6 +1,7 @@
-"""Decoding image, label and instance files, with every failure turned into a `BadSampleError`.
+"""Reading and writing image, label and instance files; every read failure is a `BadSampleError`.
 
-Rules 6 and 7 of docs/reliability.md: decode fully (`img.load()`) inside the guarded region, never
+The one place seglab decodes pictures (datasets, `seglab predict`, export verification) and writes label
+PNGs. Rules 6 and 7 of docs/reliability.md: decode fully (`img.load()`) inside the guarded region, never
 accept truncated files, refuse images above `MAX_PIXELS`, decode only the formats a dataset uses,
 and read label PNGs as palette indices (no `convert`), rejecting RGB colour labels unless a colour
 map is given.
@@ -8,48 +9,47 @@ map is given.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
+
+from seglab.errors import BadSampleError
+from seglab.runs import atomic_write
 
 MAX_PIXELS = 64_000_000
 """The largest image (width x height) seglab decodes; larger files are reported, not decoded."""
 
 INDEX_MODES = ("P", "L")
+ANY_FORMAT = None
 
 
-class BadSampleError(RuntimeError):
-    """A sample file that cannot be used: `path` names it, `kind` is a stable key for reports."""
-
-    def __init__(self, path: Path | str | None, reason: str, *, kind: str = "bad_sample",
-                 details: dict | None = None) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-        self.kind = kind
-        self.details = details or {}
-
-
-def _open(path: Path, formats: tuple[str, ...], role: str) -> Image.Image:
+def _open(path: Path, formats: tuple[str, ...] | None, role: str) -> Image.Image:
     """Return the fully decoded image at `path`; raise BadSampleError saying why it cannot be."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on (set by other code); seglab refuses "
-                           "to read datasets with it, since truncated files would load as grey")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on (set by other code); seglab refuses "
+            "to read datasets with it, since truncated files would load as grey"
+        )
     try:
         img = Image.open(path, formats=formats)
     except FileNotFoundError as err:
         raise BadSampleError(path, f"{role} file is missing", kind=f"{role}_missing") from err
+    except Image.DecompressionBombError as err:
+        raise BadSampleError(path, f"{role} is too large to decode safely ({err})", kind=f"{role}_too_large") from err
     except (OSError, ValueError) as err:
         size = path.stat().st_size if path.is_file() else 0
-        reason = "empty file (0 bytes)" if size == 0 else f"not a {'/'.join(formats)} file ({err})"
+        wanted = f"a {'/'.join(formats)}" if formats else "an image"
+        reason = "empty file (0 bytes)" if size == 0 else f"not {wanted} file ({err})"
         raise BadSampleError(path, f"unreadable {role}: {reason}", kind=f"{role}_unreadable") from err
     width, height = img.size
     if width * height > MAX_PIXELS:
         img.close()
-        raise BadSampleError(path, f"{role} is {width}x{height}, above the limit of {MAX_PIXELS} pixels",
-                             kind=f"{role}_too_large")
+        raise BadSampleError(
+            path, f"{role} is {width}x{height}, above the limit of {MAX_PIXELS} pixels", kind=f"{role}_too_large"
+        )
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as err:
@@ -60,12 +60,17 @@ def _open(path: Path, formats: tuple[str, ...], role: str) -> Image.Image:
     return img
 
 
-def read_image(path: Path, formats: tuple[str, ...] = ("JPEG",)) -> torch.Tensor:
-    """Return the image at `path` as uint8 [3,H,W] (RGB); raise BadSampleError if it cannot be decoded."""
-    with _open(path, formats, "image") as img:
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
+def read_image(path: Path, formats: tuple[str, ...] | None = ("JPEG",), *, exif: bool = False) -> torch.Tensor:
+    """Return the image at `path` as uint8 [3,H,W] (RGB); raise BadSampleError if it cannot be decoded.
+
+    `formats` lists the PIL decoders tried (None: any); `exif` applies the EXIF orientation (photos from
+    cameras and phones, as `seglab predict` reads them; dataset labels are aligned with the stored pixels).
+    """
+    with _open(Path(path), formats, "image") as img:
+        oriented = ImageOps.exif_transpose(img) if exif else img
+        rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
         array = np.array(rgb)  # a writable copy: torch tensors must not alias read-only memory
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def read_label_png(path: Path, colormap: np.ndarray | None = None) -> np.ndarray:
@@ -80,12 +85,16 @@ def read_label_png(path: Path, colormap: np.ndarray | None = None) -> np.ndarray
         if img.mode in ("RGB", "RGBA") and colormap is not None:
             return _colours_to_indices(np.asarray(img)[..., :3], colormap, path)
         if img.mode in ("RGB", "RGBA"):
-            raise BadSampleError(path, f"label is an {img.mode} colour image; seglab expects class indices "
-                                 "(a palette 'P' or greyscale 'L' PNG). Convert it to indices, or give the "
-                                 "dataset a colour map (folder: R G B after each name in classes.txt)",
-                                 kind="rgb_label")
-        raise BadSampleError(path, f"label PNG has mode {img.mode}; expected 'P' or 'L' (8-bit indices)",
-                             kind="label_unreadable")
+            raise BadSampleError(
+                path,
+                f"label is an {img.mode} colour image; seglab expects class indices "
+                "(a palette 'P' or greyscale 'L' PNG). Convert it to indices, or give the "
+                "dataset a colour map (folder: R G B after each name in classes.txt)",
+                kind="rgb_label",
+            )
+        raise BadSampleError(
+            path, f"label PNG has mode {img.mode}; expected 'P' or 'L' (8-bit indices)", kind="label_unreadable"
+        )
 
 
 def _colours_to_indices(rgb: np.ndarray, colormap: np.ndarray, path: Path) -> np.ndarray:
@@ -97,11 +106,19 @@ def _colours_to_indices(rgb: np.ndarray, colormap: np.ndarray, path: Path) -> np
     found = known[order][position] == codes
     if not found.all():
         values, counts = np.unique(codes[~found], return_counts=True)
-        listed = ", ".join(f"({v >> 16},{(v >> 8) & 255},{v & 255}) ({c} px)"
-                           for v, c in zip(values, counts, strict=True))
-        raise BadSampleError(path, f"label colours not in the colour map: {listed}", kind="label_values",
-                             details={"colours": {f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c)
-                                                  for v, c in zip(values, counts, strict=True)}})
+        listed = ", ".join(
+            f"({v >> 16},{(v >> 8) & 255},{v & 255}) ({c} px)" for v, c in zip(values, counts, strict=True)
+        )
+        raise BadSampleError(
+            path,
+            f"label colours not in the colour map: {listed}",
+            kind="label_values",
+            details={
+                "colours": {
+                    f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c) for v, c in zip(values, counts, strict=True)
+                }
+            },
+        )
     return order[position].astype(np.uint8)
 
 
@@ -109,6 +126,25 @@ def read_instance_png(path: Path) -> np.ndarray:
     """Return an instance-id PNG (8- or 16-bit, e.g. Cityscapes instanceIds) as int32 [H,W]."""
     with _open(path, ("PNG",), "instances") as img:
         if img.mode not in ("P", "L", "I", "I;16"):
-            raise BadSampleError(path, f"instance PNG has mode {img.mode}; expected 8- or 16-bit ids",
-                                 kind="instances_unreadable")
+            raise BadSampleError(
+                path, f"instance PNG has mode {img.mode}; expected 8- or 16-bit ids", kind="instances_unreadable"
+            )
         return np.asarray(img).astype(np.int32)
+
+
+def write_label_png(label: np.ndarray, palette: np.ndarray, path: Path) -> Path:
+    """Write a class map [H, W] atomically as an 8-bit palette PNG (pixel values are class indices)."""
+    if label.max(initial=0) > 255:
+        raise ValueError(f"{path}: class index {label.max()} does not fit an 8-bit palette PNG")
+    img = Image.fromarray(label.astype(np.uint8))
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+    img.putpalette(flat.reshape(-1).tolist())  # turns the 8-bit "L" image into a "P" (palette) image
+    return write_png(img, path)
+
+
+def write_png(img: Image.Image, path: Path) -> Path:
+    """Write a PIL image atomically as PNG."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return atomic_write(path, buffer.getvalue())

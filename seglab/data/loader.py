@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from seglab.data.base import SegmentationDataset
-from seglab.data.io import BadSampleError
+from seglab.errors import BadSampleError, ConfigError
 
 Transform = Callable[[torch.Tensor, torch.Tensor, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -27,10 +27,11 @@ class AugmentedDataset(torch.utils.data.Dataset):
     `image` is uint8 [3,H,W], `label` uint8 [H,W]; with `transform=None` they are returned as decoded.
     """
 
-    def __init__(self, dataset: SegmentationDataset, transform: Transform | None, seed: int = 0, *,
-                 skip_bad: bool = False) -> None:
+    def __init__(
+        self, dataset: SegmentationDataset, transform: Transform | None, seed: int = 0, *, skip_bad: bool = False
+    ) -> None:
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise ConfigError(f"--seed must be non-negative, got {seed}")
         self.dataset, self.transform, self.seed, self.skip_bad = dataset, transform, seed, skip_bad
 
     def __len__(self) -> int:
@@ -47,8 +48,15 @@ class AugmentedDataset(torch.utils.data.Dataset):
         except BadSampleError as err:
             if not self.skip_bad:
                 raise
-            return {"skipped": {"index": index, "id": self.dataset.sample_id(index), "path": err.path,
-                                "kind": err.kind, "reason": err.reason}}
+            return {
+                "skipped": {
+                    "index": index,
+                    "id": self.dataset.sample_id(index),
+                    "path": err.path,
+                    "kind": err.kind,
+                    "reason": err.reason,
+                }
+            }
         if self.transform is not None:
             image, label = self.transform(image, label, self.rng(epoch, index))
         return {"image": image, "label": label, "index": index}
@@ -66,9 +74,12 @@ class Collate:
         good = [item for item in items if "skipped" not in item]
         skipped = [item["skipped"] for item in items if "skipped" in item]
         if not good:
-            return {"image": torch.zeros((0, 3, 0, 0), dtype=torch.uint8),
-                    "label": torch.zeros((0, 0, 0), dtype=torch.uint8),
-                    "index": torch.zeros(0, dtype=torch.int64), "skipped": skipped}
+            return {
+                "image": torch.zeros((0, 3, 0, 0), dtype=torch.uint8),
+                "label": torch.zeros((0, 0, 0), dtype=torch.uint8),
+                "index": torch.zeros(0, dtype=torch.int64),
+                "skipped": skipped,
+            }
         height = max(item["image"].shape[1] for item in good)
         width = max(item["image"].shape[2] for item in good)
         images = torch.zeros((len(good), 3, height, width), dtype=torch.uint8)
@@ -77,8 +88,12 @@ class Collate:
             h, w = item["label"].shape
             images[row, :, :h, :w] = item["image"]
             labels[row, :h, :w] = item["label"]
-        return {"image": images, "label": labels,
-                "index": torch.tensor([item["index"] for item in good], dtype=torch.int64), "skipped": skipped}
+        return {
+            "image": images,
+            "label": labels,
+            "index": torch.tensor([item["index"] for item in good], dtype=torch.int64),
+            "skipped": skipped,
+        }
 
 
 def worker_init(worker_id: int) -> None:

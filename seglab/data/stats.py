@@ -21,7 +21,7 @@ from tqdm import tqdm
 from seglab.data.base import SegmentationDataset
 from seglab.data.check import load_label
 
-SIZE_BINS = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, math.inf)}
+SIZE_BINS = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf)}
 
 
 def instance_areas(instances: torch.Tensor, label: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
@@ -61,10 +61,24 @@ def dataset_stats(dataset: SegmentationDataset, limit: int | None = None) -> dic
     image_freq = np.divide(pixels, present_pixels, out=np.zeros(k), where=present_pixels > 0)
     median = float(np.median(image_freq[image_freq > 0])) if (image_freq > 0).any() else 0.0
     weights = np.divide(median, image_freq, out=np.zeros(k), where=image_freq > 0)
-    classes = [{"id": c, "name": dataset.classes[c], "pixels": int(pixels[c]), "frequency": float(freq[c]),
-                "images": int(images_with[c]), "median_freq_weight": float(weights[c])} for c in range(k)]
-    result = {"dataset": dataset.describe(), "images": count, "pixels": total, "ignored_pixels": ignored,
-              "classes": classes}
+    classes = [
+        {
+            "id": c,
+            "name": dataset.classes[c],
+            "pixels": int(pixels[c]),
+            "frequency": float(freq[c]),
+            "images": int(images_with[c]),
+            "median_freq_weight": float(weights[c]),
+        }
+        for c in range(k)
+    ]
+    result = {
+        "dataset": dataset.describe(),
+        "images": count,
+        "pixels": total,
+        "ignored_pixels": ignored,
+        "classes": classes,
+    }
     if dataset.has_instances:
         result["objects"] = object_histograms(objects, dataset.classes)
     return result
@@ -74,25 +88,34 @@ def object_histograms(objects: list[tuple[int, int]], class_names: tuple[str, ..
     """Return object counts per COCO size bin (overall and per class) and a log2 area histogram."""
     areas = np.array([a for _, a in objects], dtype=np.int64)
     classes = np.array([c for c, _ in objects], dtype=np.int64)
+
     def bins(mask: np.ndarray) -> dict[str, int]:
         return {name: int(((areas >= lo) & (areas < hi) & mask).sum()) for name, (lo, hi) in SIZE_BINS.items()}
+
     everything = np.ones(len(areas), dtype=bool)
     log2 = np.floor(np.log2(np.maximum(areas, 1))).astype(int) if len(areas) else np.array([], dtype=int)
     edges = {name: [lo, None if hi == math.inf else hi] for name, (lo, hi) in SIZE_BINS.items()}
-    return {"count": len(objects), "bins": edges,
-            "by_size": bins(everything),
-            "by_class": {class_names[c]: bins(classes == c) for c in sorted(set(classes.tolist()))},
-            "log2_area_histogram": {f"[2^{e}, 2^{e + 1})": int((log2 == e).sum()) for e in sorted(set(log2.tolist()))}}
+    return {
+        "count": len(objects),
+        "bins": edges,
+        "by_size": bins(everything),
+        "by_class": {class_names[c]: bins(classes == c) for c in sorted(set(classes.tolist()))},
+        "log2_area_histogram": {f"[2^{e}, 2^{e + 1})": int((log2 == e).sum()) for e in sorted(set(log2.tolist()))},
+    }
 
 
 def format_stats(stats: dict) -> str:
     """Return the stats as a text table."""
-    lines = [f"{stats['dataset']}: {stats['images']} images, {stats['pixels']} labelled pixels, "
-             f"{stats['ignored_pixels']} ignored",
-             f"{'id':>3} {'class':<22}{'pixels':>14}{'freq':>9}{'images':>8}{'mfb weight':>12}"]
+    lines = [
+        f"{stats['dataset']}: {stats['images']} images, {stats['pixels']} labelled pixels, "
+        f"{stats['ignored_pixels']} ignored",
+        f"{'id':>3} {'class':<22}{'pixels':>14}{'freq':>9}{'images':>8}{'mfb weight':>12}",
+    ]
     for c in stats["classes"]:
-        lines.append(f"{c['id']:>3} {c['name'][:21]:<22}{c['pixels']:>14}{c['frequency']:>9.4f}{c['images']:>8}"
-                     f"{c['median_freq_weight']:>12.3f}")
+        lines.append(
+            f"{c['id']:>3} {c['name'][:21]:<22}{c['pixels']:>14}{c['frequency']:>9.4f}{c['images']:>8}"
+            f"{c['median_freq_weight']:>12.3f}"
+        )
     if "objects" in stats:
         objects = stats["objects"]
         sizes = ", ".join(f"{name} {n}" for name, n in objects["by_size"].items())

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from scipy.ndimage import zoom
 
-from seglab.data.base import DATASETS, DatasetError, SegmentationDataset, voc_palette
+from seglab.data.base import DATASETS, SegmentationDataset, voc_palette
+from seglab.errors import DatasetError
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -110,8 +111,16 @@ class Synthetic(SegmentationDataset):
     ignore_index = 255
     has_instances = True
 
-    def __init__(self, root: Path | str | None = None, split: str = "train", *, strict: bool = True,
-                 length: int | None = None, size: int = 128, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        split: str = "train",
+        *,
+        strict: bool = True,
+        length: int | None = None,
+        size: int = 128,
+        seed: int = 0,
+    ) -> None:
         if split not in SPLIT_CODES:
             raise DatasetError(f"synthetic has no split {split!r}; choose one of: {', '.join(SPLIT_CODES)}")
         if size < 16:
@@ -144,5 +153,7 @@ class Synthetic(SegmentationDataset):
 
     def describe(self) -> str:
         """Return a one-line summary: split, sample count, image size, seed."""
-        return (f"synthetic {self.split}: {self.length} samples of {self.size}x{self.size}, "
-                f"{self.num_classes} classes (seed {self.seed})")
+        return (
+            f"synthetic {self.split}: {self.length} samples of {self.size}x{self.size}, "
+            f"{self.num_classes} classes (seed {self.seed})"
+        )

@@ -20,6 +20,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from seglab.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -29,16 +31,16 @@ class Augment:
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale factor, uniform
     flip: bool = True  # random horizontal flip, p = 0.5
     jitter: float = 0.0  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]; 0 = off
-    pad_mean: bool = True  # pad images with the FE's mean colour (0 after normalization), else black
+    pad_mean: bool = True  # pad images with the basenet's mean colour (0 after normalization), else black
 
     def __post_init__(self) -> None:
         low, high = self.scale_range
         if not 0 < low <= high:
-            raise ValueError(f"scale range must satisfy 0 < min <= max, got {self.scale_range}")
+            raise ConfigError(f"--scale-range must satisfy 0 < MIN <= MAX, got {list(self.scale_range)}")
         if min(self.crop) < 1:
-            raise ValueError(f"crop must be positive, got {self.crop}")
+            raise ConfigError(f"--crop must be positive, got {list(self.crop)}")
         if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+            raise ConfigError(f"--jitter must be in [0, 1), got {self.jitter}")
 
 
 def _window(length: int, scale: float, crop: int, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -66,14 +68,15 @@ class TrainTransform:
         self.ignore_index = ignore_index
         self.fill = torch.tensor(fill if augment.pad_mean else (0, 0, 0), dtype=torch.uint8).view(3, 1, 1)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         aug = self.augment
         scale = float(rng.uniform(*aug.scale_range))
         top, height, out_h = _window(image.shape[1], scale, aug.crop[0], rng)
         left, width, out_w = _window(image.shape[2], scale, aug.crop[1], rng)
-        image = image[:, top:top + height, left:left + width]
-        label = label[top:top + height, left:left + width]
+        image = image[:, top : top + height, left : left + width]
+        label = label[top : top + height, left : left + width]
         if (out_h, out_w) != (height, width):
             image = F.resize(image, [out_h, out_w], InterpolationMode.BILINEAR, antialias=True)
             label = F.resize(label[None], [out_h, out_w], InterpolationMode.NEAREST_EXACT)[0]
@@ -109,8 +112,9 @@ def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
     return tuple(round(255 * m) for m in mean)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor,
-              std: tuple[float, ...] | torch.Tensor) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+) -> torch.Tensor:
     """Return uint8 images [N,3,H,W] as float32 (x / 255 - mean) / std, computed where `images` lives."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from scipy.io import loadmat
 
 from seglab.data import io
 from seglab.data.base import (
     DATASETS,
-    DatasetError,
     FileDataset,
     Finding,
     Sample,
@@ -26,11 +25,29 @@ from seglab.data.base import (
     read_split_list,
     voc_palette,
 )
-from seglab.data.io import BadSampleError
+from seglab.errors import BadSampleError, DatasetError
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 )
 VOC_LAYOUT = ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation")
@@ -50,10 +67,15 @@ def list_ids(list_file: Path, make: Callable[[str, str], Sample]) -> tuple[list[
     samples, findings = [], []
     for entry, source in read_split_list(list_file):
         if "/" in entry or "\\" in entry or ".." in entry:
-            findings.append(Finding("path_outside_root", str(list_file),
-                                    f"{source}: entry {entry!r} is not a plain sample id (it has '/', '\\' "
-                                    "or '..'); ids name files inside the dataset root",
-                                    details={"list": source, "entry": entry}))
+            findings.append(
+                Finding(
+                    "path_outside_root",
+                    str(list_file),
+                    f"{source}: entry {entry!r} is not a plain sample id (it has '/', '\\' "
+                    "or '..'); ids name files inside the dataset root",
+                    details={"list": source, "entry": entry},
+                )
+            )
         else:
             samples.append(make(entry, source))
     return samples, findings
@@ -61,18 +83,18 @@ def list_ids(list_file: Path, make: Callable[[str, str], Sample]) -> tuple[list[
 
 def read_sbd_mat(path: Path, key: str = "GTcls") -> np.ndarray:
     """Return the `Segmentation` array of an SBD .mat file (`GTcls`: classes, `GTinst`: instances)."""
-    from scipy.io import loadmat
-
     if not path.is_file():
         raise BadSampleError(path, "label file is missing", kind="label_missing")
     try:
         seg = loadmat(str(path))[key]["Segmentation"][0][0]
     except Exception as err:  # scipy raises many types for a damaged file; each is reported, none hidden
-        raise BadSampleError(path, f"SBD .mat file cannot be read ({type(err).__name__}: {err})",
-                             kind="label_unreadable") from err
+        raise BadSampleError(
+            path, f"SBD .mat file cannot be read ({type(err).__name__}: {err})", kind="label_unreadable"
+        ) from err
     if seg.ndim != 2 or seg.size == 0 or seg.max(initial=0) > 255:
-        raise BadSampleError(path, f"SBD {key}.Segmentation is {seg.dtype} {seg.shape}; expected 8-bit 2-D ids",
-                             kind="label_unreadable")
+        raise BadSampleError(
+            path, f"SBD {key}.Segmentation is {seg.dtype} {seg.shape}; expected 8-bit 2-D ids", kind="label_unreadable"
+        )
     return np.ascontiguousarray(seg, dtype=np.uint8)
 
 
@@ -93,8 +115,9 @@ class VocLayout(FileDataset):
         list_file = self.base / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             splits = sorted(p.stem for p in list_file.parent.glob("*.txt"))
-            raise DatasetError(f"{self.name}: no split {split!r} ({list_file} is missing); "
-                               f"splits here: {', '.join(splits) or 'none'}")
+            raise DatasetError(
+                f"{self.name}: no split {split!r} ({list_file} is missing); splits here: {', '.join(splits) or 'none'}"
+            )
         samples, findings = list_ids(list_file, self.voc_sample)
         super().__init__(Path(root), split, samples, strict=strict, findings=findings)
 
@@ -106,8 +129,13 @@ class VocLayout(FileDataset):
         """Return the files of `sample_id` in this layout (the first image suffix that exists)."""
         images = [self.base / "JPEGImages" / f"{sample_id}{s}" for s in self.image_suffixes]
         image = next((p for p in images if p.is_file()), images[0])
-        return Sample(sample_id, image, self.base / "SegmentationClass" / f"{sample_id}.png",
-                      self.base / "SegmentationObject" / f"{sample_id}.png", source)
+        return Sample(
+            sample_id,
+            image,
+            self.base / "SegmentationClass" / f"{sample_id}.png",
+            self.base / "SegmentationObject" / f"{sample_id}.png",
+            source,
+        )
 
     def read_instances(self, sample: Sample) -> np.ndarray:
         """Return SegmentationObject ids as int32 [H,W]; its 255 (object boundaries) becomes 0."""
@@ -142,8 +170,12 @@ class VOCAug(VocLayout):
         self.base = self.locate_base(root)
         voc_lists = self.base / "ImageSets" / "Segmentation"
         lists, findings = {}, []
-        for key, list_file in (("voc_train", voc_lists / "train.txt"), ("voc_val", voc_lists / "val.txt"),
-                               ("sbd_train", self.sbd / "train.txt"), ("sbd_val", self.sbd / "val.txt")):
+        for key, list_file in (
+            ("voc_train", voc_lists / "train.txt"),
+            ("voc_val", voc_lists / "val.txt"),
+            ("sbd_train", self.sbd / "train.txt"),
+            ("sbd_val", self.sbd / "val.txt"),
+        ):
             samples, bad = list_ids(list_file, self.voc_sample)
             lists[key] = {s.id: s for s in samples}
             findings += bad
@@ -152,14 +184,18 @@ class VOCAug(VocLayout):
         else:
             merged = {**lists["sbd_train"], **lists["sbd_val"], **lists["voc_train"]}
             chosen = [merged[i] for i in sorted(set(merged) - set(lists["voc_val"]))]
-            print(f"voc_aug train_aug: {len(chosen)} images = SBD train {len(lists['sbd_train'])} + SBD val "
-                  f"{len(lists['sbd_val'])} + VOC train {len(lists['voc_train'])}, each id once, "
-                  f"minus VOC val {len(lists['voc_val'])}")
+            print(
+                f"voc_aug train_aug: {len(chosen)} images = SBD train {len(lists['sbd_train'])} + SBD val "
+                f"{len(lists['sbd_val'])} + VOC train {len(lists['voc_train'])}, each id once, "
+                f"minus VOC val {len(lists['voc_val'])}"
+            )
         FileDataset.__init__(self, Path(root), split, chosen, strict=strict, findings=findings)
         mats = sum(s.label.suffix == ".mat" for s in self.samples)
         if mats:
-            print(f"voc_aug: {mats} labels are read from SBD .mat files; `seglab data convert --dataset voc_aug "
-                  f"--data-root {root}` writes them once as PNGs, which load faster")
+            print(
+                f"voc_aug: {mats} labels are read from SBD .mat files; `seglab data convert --dataset voc_aug "
+                f"--data-root {root}` writes them once as PNGs, which load faster"
+            )
 
     def voc_sample(self, sample_id: str, source: str) -> Sample:
         """Return VOC's files for `sample_id` where VOC has them, else SBD's."""
@@ -190,8 +226,10 @@ class VOCAug(VocLayout):
 def read_classes_txt(path: Path) -> tuple[tuple[str, ...], np.ndarray | None]:
     """Return the class names in `classes.txt` (one per line, `name` or `name R G B`) and their colours."""
     if not path.is_file():
-        raise DatasetError(f"{path} is missing: a folder dataset lists its classes there, one per line in "
-                           "index order (background first), each optionally followed by its colour `R G B`")
+        raise DatasetError(
+            f"{path} is missing: a folder dataset lists its classes there, one per line in "
+            "index order (background first), each optionally followed by its colour `R G B`"
+        )
     names, colours = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
@@ -239,15 +277,15 @@ class Folder(VocLayout):
         return io.read_label_png(sample.label, colormap=self.colormap)
 
 
-def convert_sbd(root: Path | str, *, overwrite: bool = False) -> dict[str, int]:
+def convert_sbd(root: Path | str, *, overwrite: bool = False) -> dict:
     """Write SBD's cls/*.mat and inst/*.mat once as palette PNGs in cls_png/ and inst_png/.
 
-    Returns counts: written, kept (already there), failed. Each file is written to a temporary name
-    in its folder and renamed, so an interrupted conversion leaves no partial PNG.
+    Returns counts (written, kept: already there, failed) and `failures`, the message of each file that
+    could not be read. Each PNG is written atomically, so an interrupted conversion leaves no partial PNG.
     """
     sbd = locate(root, "voc_aug", ("benchmark_RELEASE/dataset", "SBD/dataset", "dataset"), "cls")
-    flat_palette = voc_palette(256).reshape(-1).tolist()
-    counts = {"written": 0, "kept": 0, "failed": 0}
+    palette = voc_palette(256)
+    counts: dict = {"written": 0, "kept": 0, "failed": 0, "failures": []}
     for kind, key in (("cls", "GTcls"), ("inst", "GTinst")):
         out_dir = sbd / f"{kind}_png"
         out_dir.mkdir(exist_ok=True)
@@ -259,13 +297,9 @@ def convert_sbd(root: Path | str, *, overwrite: bool = False) -> dict[str, int]:
             try:
                 array = read_sbd_mat(mat, key)
             except BadSampleError as err:
-                print(f"skipped: {err}")
+                counts["failures"].append(str(err))
                 counts["failed"] += 1
                 continue
-            img = Image.fromarray(array)
-            img.putpalette(flat_palette)  # an 8-bit image with a palette is saved as a "P" PNG
-            tmp = out.with_name(f".{out.name}.tmp")
-            img.save(tmp, format="PNG")
-            tmp.replace(out)
+            io.write_label_png(array, palette, out)
             counts["written"] += 1
     return counts

@@ -22,8 +22,15 @@ from torch import Tensor, nn
 class SegmentationLoss(nn.Module):
     """Cross-entropy with an ignore index, optional class weights and optional OHEM, computed in fp32."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] = (),
-                 ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100000) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] = (),
+        ohem: bool = False,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100000,
+    ) -> None:
         super().__init__()
         if class_weights and len(class_weights) != num_classes:
             raise ValueError(f"--class-weights has {len(class_weights)} values for {num_classes} classes")

@@ -54,7 +54,7 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch).tolist()
         for step in range(self.start, self.steps_per_epoch):
             first = step * self.global_batch + self.rank * self.local_batch
-            yield [(self.epoch, i) for i in perm[first:first + self.local_batch]]
+            yield [(self.epoch, i) for i in perm[first : first + self.local_batch]]
 
 
 def partial_subset(num_samples: int, fraction: float, seed: int, step: int) -> list[int]:

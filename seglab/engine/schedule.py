@@ -44,7 +44,8 @@ class LRFactor:
         return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, decay: str, total: int,
-                    warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, decay: str, total: int, warmup: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Return a LambdaLR stepping once per iteration over `total` iterations."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(decay, total, warmup))

@@ -1,7 +1,7 @@
 """Segmentation metrics: confusion matrices and what derives from them, bootstrap intervals over
 images, per-object-size recall and iIoU, and Boundary IoU. See the modules for the papers followed."""
 
-from seglab.metrics.bootstrap import bootstrap_miou, paired_bootstrap, pooled_miou
+from seglab.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_miou, paired_bootstrap, pooled_miou
 from seglab.metrics.boundary import DEFAULT_DILATION_RATIO, band_width, boundary_band, boundary_stats
 from seglab.metrics.confusion import (
     OutOfRangeError,
@@ -19,6 +19,7 @@ from seglab.metrics.instances import COCO_AREA_BINS, instance_records, size_metr
 __all__ = [
     "COCO_AREA_BINS",
     "DEFAULT_DILATION_RATIO",
+    "DEFAULT_RESAMPLES",
     "OutOfRangeError",
     "band_width",
     "bootstrap_miou",

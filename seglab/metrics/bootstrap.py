@@ -47,8 +47,9 @@ def _interval(samples: Tensor, level: float) -> list[float | None]:
     return [float(low), float(high)]
 
 
-def bootstrap_miou(per_image_cm: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                   seed: int = 0) -> dict:
+def bootstrap_miou(
+    per_image_cm: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> dict:
     """Return the bootstrap of mIoU over images: ``miou_ci`` [low, high], ``miou_std``, ``per_class_ci``.
 
     `per_image_cm` is [N, C, C]; per_class_ci is a list (per class) of [low, high] or [None, None].
@@ -66,8 +67,9 @@ def bootstrap_miou(per_image_cm: Tensor, resamples: int = DEFAULT_RESAMPLES, lev
     }
 
 
-def paired_bootstrap(cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMPLES,
-                     level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
+def paired_bootstrap(
+    cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> dict:
     """Return the paired bootstrap of mIoU(A) - mIoU(B) over the same images.
 
     Keys: ``diff`` (on all images), ``ci`` [low, high], ``p_value`` (two-sided: twice the share of
@@ -75,16 +77,21 @@ def paired_bootstrap(cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMP
     `cm_a` and `cm_b` are per-image confusion matrices [N, C, C] of the same images in the same order.
     """
     if cm_a.shape != cm_b.shape:
-        raise ValueError(f"per-image confusion matrices differ in shape: {tuple(cm_a.shape)} vs "
-                         f"{tuple(cm_b.shape)}")
+        raise ValueError(f"per-image confusion matrices differ in shape: {tuple(cm_a.shape)} vs {tuple(cm_b.shape)}")
     weights = resample_weights(cm_a.shape[0], resamples, seed)
     diffs = nanmean(resampled_class_iou(cm_a, weights)) - nanmean(resampled_class_iou(cm_b, weights))
     diff = float(pooled_miou(cm_a) - pooled_miou(cm_b))
     below = float((diffs <= 0).double().mean())
     above = float((diffs >= 0).double().mean())
     p_value = min(1.0, max(2.0 * min(below, above), 1.0 / resamples))
-    return {"diff": diff, "ci": _interval(diffs, level), "p_value": p_value, "resamples": resamples,
-            "level": level, "seed": seed}
+    return {
+        "diff": diff,
+        "ci": _interval(diffs, level),
+        "p_value": p_value,
+        "resamples": resamples,
+        "level": level,
+        "seed": seed,
+    }
 
 
 def pooled_miou(per_image_cm: Tensor) -> Tensor:

@@ -33,15 +33,20 @@ def boundary_band(masks: Tensor, d: int) -> Tensor:
     return masks & (grown.view(masks.shape) > 0)
 
 
-def boundary_stats(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int,
-                   dilation_ratio: float = DEFAULT_DILATION_RATIO, chunk: int = 8) -> Tensor:
+def boundary_stats(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+    dilation_ratio: float = DEFAULT_DILATION_RATIO,
+    chunk: int = 8,
+) -> Tensor:
     """Return int64 [2, C]: per-class band intersection and union summed over a batch [N, H, W].
 
     Classes are processed `chunk` at a time to bound memory on large images.
     """
     if pred.shape != target.shape or pred.dim() != 3:
-        raise ValueError(f"pred and target must both be [N, H, W]; got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(f"pred and target must both be [N, H, W]; got {tuple(pred.shape)} and {tuple(target.shape)}")
     d = band_width(pred.shape[-2], pred.shape[-1], dilation_ratio)
     valid = (target != ignore_index).unsqueeze(1)
     target = target.long().unsqueeze(1)

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from seglab.errors import SeglabError
 
-class OutOfRangeError(ValueError):
+
+class OutOfRangeError(SeglabError, ValueError):
     """Labels or predictions hold values that are neither a class nor the ignore index."""
 
 
@@ -46,8 +48,11 @@ def _counts(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int, i
     c = num_classes
     first = min(0, ignore_index)
     rows = max(c, ignore_index + 1) - first
-    (lo, hi), (plo, phi) = torch.stack([*torch.aminmax(target.long() if target.dtype == torch.bool else target),
-                                        *torch.aminmax(pred)]).view(2, 2).tolist()
+    (lo, hi), (plo, phi) = (
+        torch.stack([*torch.aminmax(target.long() if target.dtype == torch.bool else target), *torch.aminmax(pred)])
+        .view(2, 2)
+        .tolist()
+    )
     if lo < first or hi >= first + rows:
         _raise_out_of_range(target, c, "label", ignore_index)
     if plo < 0 or phi >= c:
@@ -58,11 +63,11 @@ def _counts(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int, i
         index += offset * c
     counts = torch.bincount(index.flatten(), minlength=images * rows * c).view(images, rows, c)
     outside = torch.ones(rows, dtype=torch.bool)
-    outside[-first:c - first] = False
+    outside[-first : c - first] = False
     outside[ignore_index - first] = False
     if bool(counts[:, outside.to(counts.device)].any()):
         _raise_out_of_range(target, c, "label", ignore_index)
-    return counts[:, -first:c - first]
+    return counts[:, -first : c - first]
 
 
 def per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
@@ -170,6 +175,12 @@ def top_confusions(cm: Tensor, class_names: Sequence[str], k: int = 10) -> list[
         if value == 0:
             break
         label, pred = divmod(index, cm.shape[0])
-        out.append({"label": class_names[label], "predicted": class_names[pred], "pixels": value,
-                    "share_of_label": value / int(rows[label])})
+        out.append(
+            {
+                "label": class_names[label],
+                "predicted": class_names[pred],
+                "pixels": value,
+                "share_of_label": value / int(rows[label]),
+            }
+        )
     return out

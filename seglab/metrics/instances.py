@@ -21,15 +21,16 @@ COCO_AREA_BINS = (32 * 32, 96 * 96)
 BIN_NAMES = ("small", "medium", "large")
 
 
-def instance_records(instances: Tensor, target: Tensor, pred: Tensor, num_classes: int,
-                     ignore_index: int) -> Tensor:
+def instance_records(instances: Tensor, target: Tensor, pred: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Return int64 [K, 3] rows (class, area, correctly predicted pixels), one per object of one image.
 
     `instances` [H, W] holds object ids (0 = no object); ignored pixels count for no object.
     """
     if not instances.shape == target.shape == pred.shape:
-        raise ValueError(f"instance mask {tuple(instances.shape)}, label {tuple(target.shape)} and "
-                         f"prediction {tuple(pred.shape)} differ in size")
+        raise ValueError(
+            f"instance mask {tuple(instances.shape)}, label {tuple(target.shape)} and "
+            f"prediction {tuple(pred.shape)} differ in size"
+        )
     target = target.long()
     keep = (instances > 0) & (target != ignore_index)
     ids, compact = torch.unique(instances[keep].long(), return_inverse=True)
@@ -54,8 +55,7 @@ def bin_labels(bins: Sequence[int] = COCO_AREA_BINS) -> list[str]:
     return [f"area < {small}", f"{small} <= area < {large}", f"area >= {large}"]
 
 
-def size_metrics(records: Tensor, cm: Tensor, class_names: Sequence[str],
-                 bins: Sequence[int] = COCO_AREA_BINS) -> dict:
+def size_metrics(records: Tensor, cm: Tensor, class_names: Sequence[str], bins: Sequence[int] = COCO_AREA_BINS) -> dict:
     """Return per-size recall and iIoU from all objects' records [K, >=3] (class, area, correct, ...).
 
     Keys: ``bins`` (name, range, objects, mean_recall, pixel_recall), ``per_class_recall`` (class ->
@@ -63,8 +63,7 @@ def size_metrics(records: Tensor, cm: Tensor, class_names: Sequence[str],
     ``per_class_iiou``. `cm` is the dataset's confusion matrix, for the unweighted false positives.
     """
     if len(bins) != len(BIN_NAMES) - 1 or list(bins) != sorted(bins):
-        raise ValueError(f"expected two increasing area bin edges (small/medium, medium/large), "
-                         f"got {list(bins)}")
+        raise ValueError(f"expected two increasing area bin edges (small/medium, medium/large), got {list(bins)}")
     records = records.to("cpu", torch.int64)
     cm = cm.to("cpu", torch.int64)
     num_classes = cm.shape[0]
@@ -74,9 +73,15 @@ def size_metrics(records: Tensor, cm: Tensor, class_names: Sequence[str],
     table = []
     for b, (name, label) in enumerate(zip(BIN_NAMES, bin_labels(bins), strict=True)):
         sel = which == b
-        table.append({"name": name, "range": label, "objects": int(sel.sum()),
-                      "mean_recall": float(recall[sel].mean()) if sel.any() else None,
-                      "pixel_recall": float(correct[sel].sum() / area[sel].sum()) if sel.any() else None})
+        table.append(
+            {
+                "name": name,
+                "range": label,
+                "objects": int(sel.sum()),
+                "mean_recall": float(recall[sel].mean()) if sel.any() else None,
+                "pixel_recall": float(correct[sel].sum() / area[sel].sum()) if sel.any() else None,
+            }
+        )
     per_class = {}
     for c, name in enumerate(class_names):
         row = []
@@ -97,6 +102,5 @@ def size_metrics(records: Tensor, cm: Tensor, class_names: Sequence[str],
         "objects": int(records.shape[0]),
         "per_class_recall": per_class,
         "iiou": None if bool(iiou.isnan().all()) else float(nanmean(iiou)),
-        "per_class_iiou": {n: (None if v != v else float(v)) for n, v in zip(class_names, iiou.tolist(),
-                                                                            strict=True)},
+        "per_class_iiou": {n: (None if v != v else float(v)) for n, v in zip(class_names, iiou.tolist(), strict=True)},
     }

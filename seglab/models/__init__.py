@@ -1,13 +1,30 @@
-"""Models: the FE registry, the decoder meta-architecture and its decoders, and `build_model`."""
+"""Models: the basenet registry, the decoder meta-architecture and its decoders, and `build_model`."""
 
 from __future__ import annotations
 
+import inspect
+
 import seglab.models.fcn  # noqa: F401  (registers FCN first: registration order is listing order)
+from seglab.config import SEED_BASENETS
+from seglab.errors import ConfigError
 from seglab.models import deeplab, fcnw, linknet, lraspp  # noqa: F401  (register their decoders)
-from seglab.models.backbones import BACKBONES, SEED_BASENETS, Backbone, Tap, build_backbone
+from seglab.models.basenets import BASENETS, Basenet, BasenetSpec, Tap, Top1, basenet_spec, build_basenet
 from seglab.models.meta import Decoder, SegmentationModel
 from seglab.models.registry import DECODERS
 from seglab.models.weights import load_pretrained
+
+
+def build_decoder(name: str, basenet: Basenet, num_classes: int, **options) -> Decoder:
+    """Return decoder `name` over `basenet`'s taps; an option the decoder does not take is an error naming it."""
+    factory = DECODERS[name]
+    try:
+        inspect.signature(factory).bind(basenet, num_classes, **options)
+    except TypeError as err:
+        accepted = [p for p in inspect.signature(factory).parameters if p not in ("basenet", "num_classes")]
+        raise ConfigError(
+            f"--decoder-options for {name!r}: {err}; it takes {', '.join(accepted) or 'no options'}"
+        ) from None
+    return factory(basenet, num_classes, **options)
 
 
 def build_model(
@@ -18,28 +35,31 @@ def build_model(
     pretrained: str | None = None,
     **decoder_options,
 ) -> SegmentationModel:
-    """Return an FE x decoder network mapping normalized (N,3,H,W) images to (N,num_classes,H,W) logits.
+    """Return a basenet x decoder network mapping normalized (N,3,H,W) images to (N,num_classes,H,W) logits.
 
-    `pretrained` loads ImageNet weights into the FE (see `seglab.models.weights.resolve_pretrained`).
+    `pretrained` loads ImageNet weights into the basenet (see `seglab.models.weights.resolve_pretrained`).
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    backbone = build_backbone(basenet, output_stride)
+        raise ConfigError(f"num_classes must be positive, got {num_classes}")
+    net = build_basenet(basenet, output_stride)
     if pretrained:
-        load_pretrained(backbone, pretrained)
-    head = DECODERS[decoder](backbone, num_classes, **decoder_options)
-    return SegmentationModel(backbone, head)
+        load_pretrained(net, pretrained)
+    return SegmentationModel(net, build_decoder(decoder, net, num_classes, **decoder_options))
 
 
 __all__ = [
-    "BACKBONES",
+    "BASENETS",
     "DECODERS",
     "SEED_BASENETS",
-    "Backbone",
+    "Basenet",
+    "BasenetSpec",
     "Decoder",
     "SegmentationModel",
     "Tap",
-    "build_backbone",
+    "Top1",
+    "basenet_spec",
+    "build_basenet",
+    "build_decoder",
     "build_model",
     "load_pretrained",
 ]

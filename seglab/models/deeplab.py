@@ -26,20 +26,21 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.ops import Conv2dNormActivation
 
-from seglab.models.backbones import Backbone
+from seglab.errors import ConfigError
+from seglab.models.basenets import Basenet
 from seglab.models.meta import Decoder
 from seglab.models.registry import DECODERS
 
 RATES_AT_STRIDE_16 = (6, 12, 18)
 
 
-def atrous_rates(backbone: Backbone, rates: Sequence[int] | None, who: str) -> tuple[int, ...]:
-    """Return `rates`, or the paper's rates scaled to the actual stride of the FE's deepest tap."""
+def atrous_rates(basenet: Basenet, rates: Sequence[int] | None, who: str) -> tuple[int, ...]:
+    """Return `rates`, or the paper's rates scaled to the actual stride of the basenet's deepest tap."""
     if rates is not None:
         if not rates or any(r < 1 for r in rates):
-            raise ValueError(f"decoder {who!r}: rates must be positive integers, got {list(rates)}")
+            raise ConfigError(f"decoder {who!r}: rates must be positive integers, got {list(rates)}")
         return tuple(rates)
-    stride = backbone.tap(32).stride
+    stride = basenet.tap(32).stride
     return tuple(max(1, r * 16 // stride) for r in RATES_AT_STRIDE_16)
 
 
@@ -57,15 +58,15 @@ class DeepLabV3(Decoder):
     name = "deeplabv3"
 
     def __init__(
-        self, backbone: Backbone, num_classes: int, rates: Sequence[int] | None = None, channels: int = 256
+        self, basenet: Basenet, num_classes: int, rates: Sequence[int] | None = None, channels: int = 256
     ) -> None:
-        super().__init__(backbone, num_classes)
-        self.rates = atrous_rates(backbone, rates, self.name)
+        super().__init__(basenet, num_classes)
+        self.rates = atrous_rates(basenet, rates, self.name)
         self.aspp = ASPP(self.taps[32].channels, self.rates, channels)
         self.refine = Conv2dNormActivation(channels, channels, 3)
         self.score = nn.Conv2d(channels, num_classes, 1)
 
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         return self.refine(self.aspp(x))
 
     def classify(self, x: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ class DeepLabV3Plus(Decoder):
 
     def __init__(
         self,
-        backbone: Backbone,
+        basenet: Basenet,
         num_classes: int,
         rates: Sequence[int] | None = None,
         channels: int = 256,
@@ -87,16 +88,16 @@ class DeepLabV3Plus(Decoder):
         low_channels: int = 48,
         separable: bool = True,
     ) -> None:
-        super().__init__(backbone, num_classes, skips=(low_level,))
+        super().__init__(basenet, num_classes, skips=(low_level,))
         self.low_level = low_level
-        self.rates = atrous_rates(backbone, rates, self.name)
+        self.rates = atrous_rates(basenet, rates, self.name)
         self.aspp = ASPP(self.taps[32].channels, self.rates, channels)
         self.reduce = Conv2dNormActivation(self.taps[low_level].channels, low_channels, 1)
         refine = separable_block if separable else partial(Conv2dNormActivation, kernel_size=3)
         self.refine = nn.Sequential(refine(channels + low_channels, channels), refine(channels, channels))
         self.score = nn.Conv2d(channels, num_classes, 1)
 
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         return self.aspp(x)
 
     def fuse(self, x: Tensor, skip: Tensor, level: int) -> Tensor:

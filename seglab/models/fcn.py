@@ -5,7 +5,7 @@ Faithful choices: the stride-32 tap is scored by a 1x1 convolution (`score_fr`);
 1x1 score layer (`score_pool4`, `score_pool3`, ...) added to the upsampled coarser scores; all scoring
 layers start at zero (the paper found zero init no worse than random for score_fr, and for the skips it
 keeps the network's initial output equal to the coarser net's, which was critical for VGG16). With VGG16
-the stride-32 tap is fc7, so fc6/fc7 run as convolutions inside the FE. Upsampling by 2 between levels is
+the stride-32 tap is fc7, so fc6/fc7 run as convolutions inside the basenet. Upsampling by 2 between levels is
 fixed bilinear by default; `trainable_upsampling=True` makes each a learnable deconvolution initialized to
 bilinear, as in the paper. The final upsampling to input size is fixed bilinear.
 """
@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from seglab.models.backbones import Backbone
+from seglab.models.basenets import Basenet
 from seglab.models.meta import Decoder, resize
 from seglab.models.registry import DECODERS
 
@@ -37,10 +37,10 @@ class FCN(Decoder):
     """FCN with skips at the given strides: () -> FCN-32s, (16,) -> 16s, (16, 8) -> 8s, (16, 8, 4) -> 4s."""
 
     def __init__(
-        self, backbone: Backbone, num_classes: int, skips: tuple[int, ...] = (16, 8), trainable_upsampling: bool = False
+        self, basenet: Basenet, num_classes: int, skips: tuple[int, ...] = (16, 8), trainable_upsampling: bool = False
     ) -> None:
         self.name = f"fcn{min(skips, default=32)}s"
-        super().__init__(backbone, num_classes, skips)
+        super().__init__(basenet, num_classes, skips)
         self.score_fr = self._score(self.taps[32].channels)
         self.score_skips = nn.ModuleDict({str(s): self._score(self.taps[s].channels) for s in self.skips})
         self.upscores = None
@@ -57,7 +57,7 @@ class FCN(Decoder):
         nn.init.zeros_(layer.bias)
         return layer
 
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         return self.score_fr(x)
 
     def upsample(self, x: Tensor, skip: Tensor, level: int) -> Tensor:

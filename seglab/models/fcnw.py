@@ -1,7 +1,7 @@
-"""FCN+W: FCN with a wider, cheap decode path for thin FEs (MobileNet, ResNet18, EfficientNet-Lite).
+"""FCN+W: FCN with a wider, cheap decode path for thin basenets (MobileNet, ResNet18, EfficientNet-Lite).
 
 FCN (Long et al., CVPR 2015) scores every tap with a 1x1 convolution straight to class logits, so a thin
-FE's skip taps (24-128 channels) add almost nothing to the decoder's capacity. FCN+W keeps FCN's
+basenet's skip taps (24-128 channels) add almost nothing to the decoder's capacity. FCN+W keeps FCN's
 data flow (decode the stride-32 tap, upsample, add each skip, coarse to fine) but fuses *features*
 instead of scores:
 
@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from seglab.models.backbones import Backbone
+from seglab.errors import ConfigError
+from seglab.models.basenets import Basenet
 from seglab.models.deeplab import separable_block
 from seglab.models.meta import Decoder
 from seglab.models.registry import DECODERS
@@ -35,16 +36,16 @@ class FCNW(Decoder):
 
     def __init__(
         self,
-        backbone: Backbone,
+        basenet: Basenet,
         num_classes: int,
         skips: tuple[int, ...] = (16, 8),
         width: int = 128,
         global_context: bool = False,
     ) -> None:
         self.name = f"fcnw{min(skips, default=32)}s"
-        super().__init__(backbone, num_classes, skips)
+        super().__init__(basenet, num_classes, skips)
         if width < 1:
-            raise ValueError(f"decoder {self.name!r}: width must be a positive number of channels, got {width}")
+            raise ConfigError(f"decoder {self.name!r}: width must be a positive number of channels, got {width}")
         self.width = width
         self.global_context = global_context
         deep_channels = self.taps[32].channels * (2 if global_context else 1)
@@ -53,7 +54,7 @@ class FCNW(Decoder):
         self.refine = nn.ModuleDict({str(s): separable_block(width, width) for s in (32, *self.skips)})
         self.score = nn.Conv2d(width, num_classes, 1)
 
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         if self.global_context:
             x = torch.cat([x, x.mean(dim=(2, 3), keepdim=True).expand_as(x)], dim=1)
         return self.refine["32"](self.project["32"](x))

@@ -1,14 +1,14 @@
 """LinkNet: Chaurasia & Culurciello, "LinkNet: Exploiting Encoder Representations for Efficient Semantic
 Segmentation", VCIP 2017 (arXiv:1707.03718).
 
-An encoder-decoder whose decoder blocks mirror the FE's stages and add each stage's output back
+An encoder-decoder whose decoder blocks mirror the basenet's stages and add each stage's output back
 (additive skips instead of U-Net's concatenation). A decoder block with input width m and output width
 n is: 1x1 conv (m -> m/4), 3x3 full (transposed) conv x2 (m/4 -> m/4), 1x1 conv (m/4 -> n), each with
-BN + ReLU; n is the width of the skip tap it is added to, so any FE works. After the stride-4 level come
+BN + ReLU; n is the width of the skip tap it is added to, so any basenet works. After the stride-4 level come
 the paper's stride-1 decoder block 1 (m = n = width of the stride-4 tap) and its final block: 3x3 full
 conv x2 (-> 32), 3x3 conv (32), 2x2 full conv x2 (-> classes). With ResNet18 this is the original
 configuration (decoder widths 512->256->128->64->64->32), except that decoder block 1's output is not
-added to the max-pool output (seglab FEs expose stage outputs only; see the README on parity).
+added to the max-pool output (seglab basenets expose stage outputs only; see the README on parity).
 With dilation (output stride 16 / 8) the blocks between taps of equal actual stride do not upsample.
 """
 
@@ -19,7 +19,7 @@ from itertools import pairwise
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from seglab.models.backbones import Backbone
+from seglab.models.basenets import Basenet
 from seglab.models.meta import Decoder, resize
 from seglab.models.registry import DECODERS
 
@@ -32,7 +32,12 @@ def full_conv(in_channels: int, out_channels: int, kernel_size: int, scale: int,
     # Output size is (h - 1) * scale - 2 * padding + kernel_size + output_padding; solve for exactly h * scale.
     output_padding = scale + 2 * padding - kernel_size
     return nn.ConvTranspose2d(
-        in_channels, out_channels, kernel_size, stride=scale, padding=padding, output_padding=output_padding,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=scale,
+        padding=padding,
+        output_padding=output_padding,
         bias=bias,
     )
 
@@ -56,12 +61,14 @@ class LinkNet(Decoder):
 
     name = "linknet"
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
-        super().__init__(backbone, num_classes, skips=(16, 8, 4))
-        self.blocks = nn.ModuleDict({
-            str(fine): LinkNetBlock(self.taps[coarse].channels, self.taps[fine].channels, self._scale(coarse, fine))
-            for coarse, fine in pairwise((32, *self.skips))
-        })
+    def __init__(self, basenet: Basenet, num_classes: int) -> None:
+        super().__init__(basenet, num_classes, skips=(16, 8, 4))
+        self.blocks = nn.ModuleDict(
+            {
+                str(fine): LinkNetBlock(self.taps[coarse].channels, self.taps[fine].channels, self._scale(coarse, fine))
+                for coarse, fine in pairwise((32, *self.skips))
+            }
+        )
         width = self.taps[4].channels
         self.block1 = LinkNetBlock(width, width, scale=1)
         self.final = nn.Sequential(
@@ -75,7 +82,7 @@ class LinkNet(Decoder):
     def _scale(self, coarse: int, fine: int) -> int:
         return self.taps[coarse].stride // self.taps[fine].stride
 
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         return x
 
     def upsample(self, x: Tensor, skip: Tensor, level: int) -> Tensor:

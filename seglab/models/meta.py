@@ -1,7 +1,7 @@
-"""The meta-architecture: an FE, an abstract decoder whose blocks are the override points, and the model.
+"""The meta-architecture: a basenet, an abstract decoder whose blocks are the override points, and the model.
 
-The decoder follows the seed framework's figure (BaseFcnArch): the deepest tap is decoded by `head`
-(decode_32s); then, for each skip from coarse to fine, `upsample` brings the running map to the skip's
+The decoder follows the seed framework's figure (BaseFcnArch): the deepest tap is decoded by
+`decode_deepest` (decode_32s); then, for each skip from coarse to fine, `upsample` brings the running map to the skip's
 resolution (upsample_x2_*) and `fuse` merges the two (combine_16s/8s/4s); `classify` scores the result
 and `final_upsample` resizes the logits to the input. FCN-32s/16s/8s are the same network leaving early.
 Subclasses override blocks, never `forward`.
@@ -16,23 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.models.backbones import Backbone, Tap
+from seglab.models.basenets import Basenet, Tap
 
 
 class Decoder(nn.Module, ABC):
-    """Abstract decoder: `head` on the stride-32 tap, then `upsample` + `fuse` per skip, `classify`, resize."""
+    """Abstract decoder: `decode_deepest` on the stride-32 tap, then `upsample` + `fuse` per skip, `classify`,
+    resize."""
 
     name: str = "decoder"
 
-    def __init__(self, backbone: Backbone, num_classes: int, skips: Sequence[int] = ()) -> None:
+    def __init__(self, basenet: Basenet, num_classes: int, skips: Sequence[int] = ()) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.skips = tuple(sorted(skips, reverse=True))
-        backbone.require({32, *self.skips}, self.name)
-        self.taps: dict[int, Tap] = {r: backbone.tap(r) for r in (32, *self.skips)}
+        basenet.require({32, *self.skips}, self.name)
+        self.taps: dict[int, Tap] = {r: basenet.tap(r) for r in (32, *self.skips)}
 
     @abstractmethod
-    def head(self, x: Tensor) -> Tensor:
+    def decode_deepest(self, x: Tensor) -> Tensor:
         """Decode the deepest (nominal stride 32) tap."""
 
     def upsample(self, x: Tensor, skip: Tensor, level: int) -> Tensor:
@@ -52,7 +53,7 @@ class Decoder(nn.Module, ABC):
         return resize(x, size)
 
     def forward(self, features: dict[int, Tensor], size: tuple[int, int]) -> Tensor:
-        x = self.head(features[32])
+        x = self.decode_deepest(features[32])
         for level in self.skips:
             x = self.upsample(x, features[level], level)
             x = self.fuse(x, features[level], level)
@@ -67,9 +68,9 @@ def resize(x: Tensor, size: Sequence[int]) -> Tensor:
 
 
 class SegmentationModel(nn.Module):
-    """FE -> decoder -> logits at the input size. Inputs are normalized float images (see `normalize`)."""
+    """basenet -> decoder -> logits at the input size. Inputs are normalized float images (see `normalize`)."""
 
-    def __init__(self, basenet: Backbone, decoder: Decoder) -> None:
+    def __init__(self, basenet: Basenet, decoder: Decoder) -> None:
         super().__init__()
         self.basenet = basenet
         self.decoder = decoder
@@ -80,7 +81,7 @@ class SegmentationModel(nn.Module):
         self.register_buffer("_std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """Map uint8 images [N,3,H,W] (any device) to the float input the FE was pretrained with."""
+        """Map uint8 images [N,3,H,W] (any device) to the float input the basenet was pretrained with."""
         if images.dtype != torch.uint8:
             raise TypeError(f"normalize expects uint8 images, got {images.dtype}")
         mean, std = self._mean.to(images.device), self._std.to(images.device)

