@@ -118,15 +118,15 @@ def read_metrics(path: Path, *, torn_tail_ok: bool = False) -> list[dict]:
     """
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     records = []
-    for number, line in enumerate(lines, start=1):
+    for i, (number, line) in enumerate(numbered):
         try:
             record = json.loads(line)
             if not isinstance(record, dict) or "step" not in record:
                 raise ValueError("not a record with a 'step'")
         except ValueError as err:
-            if torn_tail_ok and number == len(lines):
+            if torn_tail_ok and i == len(numbered) - 1:
                 break
             raise PathError(f"{path}:{number}: not a JSON record: {err}") from None
         records.append(record)
