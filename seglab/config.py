@@ -35,6 +35,25 @@ ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
 EXPORT_ATOL = 1e-3
 """The largest |ONNX Runtime - PyTorch| logit difference an export may show on its verification images."""
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+"""The 15 ImageNet-C corruptions (noise, blur, weather, digital) of `seglab test --corruptions`, in order."""
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def option(
@@ -402,6 +421,13 @@ class TestConfig(InferenceOptions):
     boundary_ratio: float = option(
         DEFAULT_DILATION_RATIO, "Boundary IoU band width as a share of the image diagonal", above=0
     )
+    corruptions: list[str] = option(
+        [],
+        "also evaluate under these ImageNet-C corruptions (all: the 15), each at every --severities",
+        choices=("all", *CORRUPTIONS),
+        metavar="NAME",
+    )
+    severities: list[int] = option(list(SEVERITIES), "corruption severities, 1 (mild) to 5", metavar="S", minimum=1)
     dataset: str = option("", "dataset name (default: the run's)")
     data_root: str = option("", "dataset root (default: the run's)")
     device: str = option("auto", DEVICE_HELP)
@@ -415,6 +441,8 @@ class TestConfig(InferenceOptions):
             raise ConfigError("--checkpoints and --last-k choose checkpoints in two ways: give one of them")
         if len(self.size_bins) != 2 or self.size_bins[0] >= self.size_bins[1]:
             raise ConfigError(f"--size-bins takes two increasing areas SMALL,MEDIUM, got {self.size_bins}")
+        if not self.severities or not set(self.severities) <= set(SEVERITIES):
+            raise ConfigError(f"--severities takes values from 1 to 5, got {self.severities}")
 
 
 @dataclass
