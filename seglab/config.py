@@ -618,9 +618,7 @@ def check_study(study: StudyConfig, source: str) -> StudyConfig:
     if len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"{source}: seeds lists a seed twice: {study.seeds}")
     if "seed" in study.train:
-        raise ConfigError(
-            f"{source}: train: seed cannot be set here: the study sets it per run; list seeds under seeds:"
-        )
+        raise ConfigError(f"{source}: train: seed cannot be set here: the study sets it per run (list them in seeds:)")
     for key, cls in (("train", TrainConfig), ("test", TestConfig), ("bench", BenchConfig)):
         check_section(cls, getattr(study, key), f"{source}: {key}", reserved=STUDY_SETS[key])
     check_section(ProbeConfig, study.probe, f"{source}: probe")

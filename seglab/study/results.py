@@ -2,7 +2,7 @@
 decomposition, robustness, predictor correlations, their plots, and report.md / a self-contained report.html.
 
 Numbers in these tables are mIoU points (percent); a cell's CI is Student's t interval of the mean over its
-seeds (none with one seed: see the runs' bootstrap CIs over images instead).
+seeds, clipped to 0-100 (none with one seed: see the runs' bootstrap CIs over images instead).
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ def interval(ci: list | None, digits: int = 1) -> str:
 
 
 def mean_std_ci(values: list[float]) -> tuple[float, float | None, list[float] | None]:
-    """Return the mean, the standard deviation (ddof 1) and Student's t 95% CI of the mean of `values`."""
+    """Return the mean, the standard deviation (ddof 1) and Student's t 95% CI of the mean of mIoU points
+    `values` (clipped to 0-100, where mIoU lives)."""
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, None, None
     std = float(np.std(values, ddof=1))
     half = float(student_t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values)))
-    return mean, std, [mean - half, mean + half]
+    return mean, std, [max(0.0, mean - half), min(100.0, mean + half)]
 
 
 def _mean_known(values: list) -> float | None:

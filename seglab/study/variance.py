@@ -193,8 +193,11 @@ def variance_study(
     cells: dict[str, list[RunScores]], resamples: int = 1000, seed: int = 0, level: float = LEVEL
 ) -> dict:
     """Return variance.json: the decomposition of every cell and the detectable difference of every pair."""
-    ids = {r.image_ids for runs in cells.values() for r in runs if r.per_image_cm is not None}
-    weights = resample_weights(len(next(iter(ids))), resamples, seed) if len(ids) == 1 else None
+    measured = [r for runs in cells.values() for r in runs if r.per_image_cm is not None]
+    same = (
+        bool(measured) and len(measured) == sum(map(len, cells.values())) and len({r.image_ids for r in measured}) == 1
+    )
+    weights = resample_weights(measured[0].per_image_cm.shape[0], resamples, seed) if same else None
     boots = {name: None if weights is None else bootstrap_mious(runs, weights) for name, runs in cells.items()}
     out_cells = {name: decompose(runs, boots[name], level) for name, runs in cells.items()}
     pairs = []
