@@ -190,7 +190,7 @@ def probe_job(spec: dict) -> dict:
     """Train and score one basenet's linear probe; write probes/<name>.json."""
     train_cfg = cfg_mod.from_dict(TrainConfig, {**spec["train"], "basenet": spec["basenet"]}, "study: train")
     probe = cfg_mod.from_dict(ProbeConfig, spec["probe"], "study: probe")
-    split = spec["test"].get("split", TestConfig.__dataclass_fields__["split"].default)
+    split = spec["test"].get("split", cfg_mod.default_of(cfg_mod.fields_of(TestConfig)["split"]))
     scored = train_probe(train_cfg, probe, split, spec["seed"])
     result = {"spec": spec, "basenet": spec["basenet"], "pretrained": train_cfg.pretrained, **scored}
     path = Path(spec["result"])

@@ -24,7 +24,8 @@ from seglab.runs import RunDir, atomic_write, read_json
 
 RESULT = "study_result.json"
 STATE = "state.json"
-# The keys of the study's train and test sections a linear probe reads (others do not change its result).
+# The keys of the study's train and test sections a linear probe reads (others do not change its result): it
+# trains on the training dataset's train split and is scored on the test section's split of that dataset.
 PROBE_TRAIN_KEYS = (
     "dataset",
     "data_root",
@@ -39,7 +40,7 @@ PROBE_TRAIN_KEYS = (
     "workers",
     "device",
 )
-PROBE_TEST_KEYS = ("split", "dataset", "data_root", "device", "workers")
+PROBE_TEST_KEYS = ("split",)
 
 
 def value_text(value: Any) -> str:
@@ -141,6 +142,7 @@ def probe_key(cell: Cell, train: dict) -> tuple[str, str]:
 def plan(study: StudyConfig, out: Path, source: str) -> tuple[list[Cell], list[Job]]:
     """Return the cells and the jobs of a study: one run job per (cell, seed), one probe job per basenet."""
     cells = expand_cells(study, source)
+    out = out.resolve()  # specs name absolute paths: the same study run from another folder is the same study
     runs_root = out / "runs"
     jobs = []
     for cell in cells:
