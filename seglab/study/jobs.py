@@ -206,7 +206,7 @@ def run_logged(spec: dict, log: str) -> dict:
     Any other exception is a bug: its traceback goes to the log and the exception is raised again.
     """
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+    with open(log, "a", buffering=1) as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
         try:
             return run_job(spec)
         except SeglabError as err:
