@@ -164,7 +164,7 @@ def test_study_end_to_end_resumes_and_refuses_an_edited_yaml(tmp_path, capsys, m
 
 
 @pytest.mark.slow
-def test_study_in_parallel_and_through_submitit_gives_the_same_runs_and_retries_only_failures(tmp_path, capsys):
+def test_study_in_parallel_and_through_submitit_gives_the_same_runs_and_reports_failures(tmp_path, capsys):
     test = {"bootstrap": 50, "workers": 0, "device": "cpu"}
     config = write_study(tmp_path, {**TINY, "last_k": 1, "probe": {"steps": 0}, "test": test})
     parallel, cluster = tmp_path / "parallel", tmp_path / "submitit"

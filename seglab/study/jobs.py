@@ -43,12 +43,12 @@ TORCHRUN_TRAIN = "seglab.study.torchrun_train"
 def train_keys(spec: dict) -> dict:
     """Return the TrainConfig keys of a run job: a new run's name, or `resume` when its folder has a checkpoint.
 
-    A folder without checkpoints/last.pt is a run that died before its first checkpoint: it holds nothing
-    to resume, so it is removed and the run starts again.
+    A folder without any checkpoint is a run that died before its first one: it holds nothing to resume, so
+    it is removed and the run starts again.
     """
     run = RunDir(Path(spec["run"]))
     keys = dict(spec["train"])
-    if run.path.exists() and not run.last.is_file():
+    if run.path.exists() and not run.last.is_file() and not run.step_files():
         print(f"{run.path} has no checkpoint yet (it died before its first one): starting it again", flush=True)
         shutil.rmtree(run.path)
     if run.path.exists():
