@@ -483,6 +483,11 @@ def test_answer_names_the_best_predictor_and_whether_imagenet_accuracy_predicts(
     strong = answer("fcnw", {k: c(0.95 if k == "imagenet_top1" else 0.1, [0.7, 1.0], 2) for k in keys})
     assert "is the ImageNet top-1" in strong and "does predict segmentation accuracy here" in strong
     assert "with 2 basenets the ranking rests on 2 distinct predictor values" in strong
+    tied = answer("lraspp", {k: c(-0.7 if k == "probe_miou" else 0.7, [0.2, 0.9]) for k in keys})
+    assert tied.startswith(
+        "lraspp: over 10 runs of 5 basenets, ImageNet top-1, basenet params, basenet GFLOPs and linear probe mIoU "
+        "(reversed) predict fine-tuned mIoU equally well (rho +0.70, 95% CI +0.20 to +0.90, n=10): they order"
+    )
 
 
 def test_linear_probe_trains_only_its_classifier_and_keeps_the_basenet_frozen():

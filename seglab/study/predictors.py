@@ -84,13 +84,19 @@ def answer(group: str, correlations: dict) -> str:
             f"{group}: no predictor can be ranked against mIoU (each needs 3 or more runs with 2 or more "
             "distinct values); add basenets or seeds."
         )
-    best = max(known, key=lambda k: abs(known[k]["rho"]))  # a strong negative rank correlation predicts too
-    c = known[best]
+    strongest = max(abs(c["rho"]) for c in known.values())  # a strong negative rank correlation predicts too
+    best = [k for k, c in known.items() if abs(c["rho"]) > strongest - 1e-9]
+    c = known[best[0]]
     basenets = c["basenets"]
-    text = f"{group}: over {c['n']} runs of {basenets} basenets, the best predictor of fine-tuned mIoU is the "
-    text += f"{PREDICTORS[best]} ({rho_text(c)})"
+    text = f"{group}: over {c['n']} runs of {basenets} basenets, "
+    if len(best) == 1:
+        text += f"the best predictor of fine-tuned mIoU is the {PREDICTORS[best[0]]} ({rho_text(c)})"
+    else:  # predictors that order the basenets alike (or exactly reversed) rank the runs alike
+        names = [PREDICTORS[k] + (" (reversed)" if known[k]["rho"] * c["rho"] < 0 else "") for k in best]
+        text += f"{', '.join(names[:-1])} and {names[-1]} predict fine-tuned mIoU equally well ({rho_text(c)}): "
+        text += "they order these basenets the same way"
     top1 = correlations["imagenet_top1"]
-    if best != "imagenet_top1":
+    if "imagenet_top1" not in best:
         if top1["rho"] is None:
             text += "; ImageNet top-1 does not apply (no run started from ImageNet weights seglab has a figure for)"
         else:
