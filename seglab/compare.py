@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from seglab import metrics
 from seglab.config import CompareConfig
 from seglab.errors import ConfigError, PathError
-from seglab.report import ci_text, html_page, md_table, pct, png, png_uri
+from seglab.report import ci_text, html_page, md_table, pct, png, png_uri, ratio_text
 from seglab.runs import EvalDir, RunDir, atomic_write, is_run, read_metrics
 
 
@@ -146,6 +146,7 @@ def compare(runs: list[EvaluatedRun], resamples: int = metrics.DEFAULT_RESAMPLES
                 },
                 "boundary_miou": r.summary["boundary"]["miou"],
                 "iiou": (r.summary.get("sizes") or {}).get("iiou"),
+                **robustness_columns(r.summary),
             }
             for r in runs
         ],
@@ -153,6 +154,17 @@ def compare(runs: list[EvaluatedRun], resamples: int = metrics.DEFAULT_RESAMPLES
         "per_class_iou": base.summary["per_class_iou"],
         "per_class_iou_delta": deltas,
         "num_images": len(base.image_ids),
+    }
+
+
+def robustness_columns(summary: dict) -> dict:
+    """Return a run's mean mIoU under corruption, relative robustness and what was corrupted (None without)."""
+    corruptions = summary.get("corruptions") or {}
+    return {
+        "corrupted_miou": corruptions.get("mean_miou"),
+        "relative_robustness": corruptions.get("relative_robustness"),
+        "corruptions": [e["corruption"] for e in corruptions.get("per_corruption", [])] or None,
+        "severities": corruptions.get("severities"),
     }
 
 
@@ -165,9 +177,11 @@ def markdown(result: dict, curves_src: str | None) -> str:
         f"All runs evaluated on the same {result['num_images']} images.",
         "",
     ]
+    robust = any(r.get("corrupted_miou") is not None for r in runs)
     rows = []
     for r in runs:
         model = r.get("model") or {}
+        extra = [pct(r.get("corrupted_miou"), 2), ratio_text(r.get("relative_robustness"))] if robust else []
         rows.append(
             [
                 r["label"],
@@ -181,6 +195,7 @@ def markdown(result: dict, curves_src: str | None) -> str:
                 pct(r["dice"], 2),
                 pct(r["boundary_miou"], 2),
                 pct(r["iiou"], 2),
+                *extra,
             ]
         )
     lines += md_table(
@@ -196,9 +211,18 @@ def markdown(result: dict, curves_src: str | None) -> str:
             "Dice",
             "Boundary IoU",
             "iIoU",
+            *(["mIoU under corruption", "relative robustness"] if robust else []),
         ],
         rows,
     )
+    if robust:
+        differ = {(tuple(r["corruptions"] or ()), tuple(r["severities"] or ())) for r in runs}
+        note = (
+            "the runs were corrupted differently (corruptions or severities differ): these columns do not compare"
+            if len(differ) > 1
+            else "mean over the corruptions and severities `seglab test --corruptions` evaluated"
+        )
+        lines += ["", f"mIoU under corruption: {note}; relative robustness = corrupted / clean mIoU."]
     lines += ["", "## mIoU difference vs the first run (paired bootstrap over images)", ""]
     test_rows = []
     for t in result["paired_bootstrap"]:

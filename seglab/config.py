@@ -35,6 +35,25 @@ ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
 EXPORT_ATOL = 1e-3
 """The largest |ONNX Runtime - PyTorch| logit difference an export may show on its verification images."""
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+"""The 15 ImageNet-C corruptions (noise, blur, weather, digital) of `seglab test --corruptions`, in order."""
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def option(
@@ -402,6 +421,13 @@ class TestConfig(InferenceOptions):
     boundary_ratio: float = option(
         DEFAULT_DILATION_RATIO, "Boundary IoU band width as a share of the image diagonal", above=0
     )
+    corruptions: list[str] = option(
+        [],
+        "also evaluate under these ImageNet-C corruptions (all: the 15), each at every --severities",
+        choices=("all", *CORRUPTIONS),
+        metavar="NAME",
+    )
+    severities: list[int] = option(list(SEVERITIES), "corruption severities, 1 (mild) to 5", metavar="S", minimum=1)
     dataset: str = option("", "dataset name (default: the run's)")
     data_root: str = option("", "dataset root (default: the run's)")
     device: str = option("auto", DEVICE_HELP)
@@ -415,6 +441,8 @@ class TestConfig(InferenceOptions):
             raise ConfigError("--checkpoints and --last-k choose checkpoints in two ways: give one of them")
         if len(self.size_bins) != 2 or self.size_bins[0] >= self.size_bins[1]:
             raise ConfigError(f"--size-bins takes two increasing areas SMALL,MEDIUM, got {self.size_bins}")
+        if not self.severities or not set(self.severities) <= set(SEVERITIES):
+            raise ConfigError(f"--severities takes values from 1 to 5, got {self.severities}")
 
 
 @dataclass
@@ -505,8 +533,22 @@ class BenchConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The study's linear probe of a basenet: a 1x1 classifier on one tap of the frozen basenet, trained briefly."""
+
+    steps: int = option(300, "training steps of the probe (0: no probe)", minimum=0)
+    tap: int = option(16, "output stride of the tap the classifier reads", choices=(4, 8, 16, 32))
+    learnrate: float = option(0.01, "Adam learning rate of the classifier", above=0)
+    batch_size: int = option(8, "training crops per step", minimum=1)
+    limit: int | None = option(None, "score the probe on only the first N images of the test split", minimum=1)
+
+
+STUDY_LAUNCHERS = ("local", "submitit_local", "slurm")
+
+
+@dataclass
 class StudyConfig:
-    """`seglab study`: a basenet x decoder grid, trained, evaluated and measured from one YAML file."""
+    """`seglab study`: a basenet x decoder x grid study, trained once per seed, evaluated, measured and explained."""
 
     basenets: list[str] = option([], "basenets of the grid", metavar="NAME")
     decoders: list[str] = option([], "decoders of the grid", metavar="NAME")
@@ -515,23 +557,74 @@ class StudyConfig:
     bench: dict = option({}, "`seglab bench` keys (BenchConfig)", metavar="KEY=VALUE")
     out: str = option("", "study folder (default studies/<study file name>)")
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
+    grid: dict = option(
+        {}, "more axes: a `seglab train` key -> list of values, e.g. learnrate=[0.01,0.003]", metavar="KEY=VALUES"
+    )
+    seeds: list[int] = option([0], "training seeds: every cell is trained once per seed", metavar="N", minimum=0)
+    last_k: int = option(
+        1, "evaluate the K newest step checkpoints of every run (the checkpoint part of the variance)", minimum=1
+    )
+    probe: dict = option({}, "linear-probe keys (ProbeConfig: steps, tap, learnrate, batch_size, limit)")
+    parallel: int = option(
+        1, "jobs at once: local worker processes (one GPU each when there are GPUs), or the SLURM array's", minimum=1
+    )
+    launcher: str = option(
+        "local",
+        "where jobs run: this machine, submitit's local executor, or SLURM via submitit",
+        choices=STUDY_LAUNCHERS,
+    )
+    partition: str = option("", "SLURM partition (default: the cluster's)")
+    time: int = option(240, "time limit of one job in minutes (submitit launchers)", minimum=1)
+    gpus_per_job: int = option(1, "GPUs per job (submitit launchers)", minimum=0)
+    cpus_per_job: int = option(8, "CPU cores per job (submitit launchers)", minimum=1)
+    ddp: bool = option(False, "train each run with DDP on its job's GPUs, through torchrun")
+    slurm: dict = option(
+        {}, "more SLURM settings as submitit's slurm_* parameters, e.g. account=A qos=Q", metavar="KEY=VALUE"
+    )
 
 
 # Keys of the study's sections that the study sets for each run.
 STUDY_SETS = {
-    "train": ("basenet", "decoder", "runs_root", "run_name", "resume"),
+    "train": ("basenet", "decoder", "seed", "runs_root", "run_name", "resume"),
     "test": ("run", "out", "checkpoints", "last_k"),
     "bench": ("runs", "basenets", "decoders", "num_classes", "miou_from", "miou_dataset", "csv", "md"),
 }
 
 
+def check_grid(grid: dict, train: dict, source: str) -> dict:
+    """Return the study's grid with every value checked as its TrainConfig key; errors name the file and key."""
+    checked = {}
+    for key, values in grid.items():
+        where = f"{source}: grid: {key}"
+        if key in STUDY_SETS["train"]:
+            hint = "; list them under seeds:" if key == "seed" else ""
+            raise ConfigError(f"{where} cannot be a grid axis: the study sets it per run{hint}")
+        if key in train:
+            raise ConfigError(f"{where} is also set in train: give it in one place")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where} must be a non-empty list of values, got {values!r}")
+        items = [check_value(TrainConfig, key, value, where) for value in values]
+        if len({repr(v) for v in items}) != len(items):
+            raise ConfigError(f"{where} lists a value twice: {values!r}")
+        checked[key] = items
+    return checked
+
+
 def check_study(study: StudyConfig, source: str) -> StudyConfig:
-    """Return `study` with its train/test/bench sections checked by TrainConfig, TestConfig and BenchConfig."""
-    for key in ("basenets", "decoders"):
+    """Return `study` with its sections checked by TrainConfig, TestConfig, BenchConfig and ProbeConfig."""
+    for key in ("basenets", "decoders", "seeds"):
         if not getattr(study, key):
-            raise ConfigError(f"{source}: {key!r} must be a non-empty list of names")
+            raise ConfigError(f"{source}: {key!r} must be a non-empty list")
+    if len(set(study.seeds)) != len(study.seeds):
+        raise ConfigError(f"{source}: seeds lists a seed twice: {study.seeds}")
+    if "seed" in study.train:
+        raise ConfigError(f"{source}: train: seed cannot be set here: the study sets it per run (list them in seeds:)")
     for key, cls in (("train", TrainConfig), ("test", TestConfig), ("bench", BenchConfig)):
         check_section(cls, getattr(study, key), f"{source}: {key}", reserved=STUDY_SETS[key])
+    check_section(ProbeConfig, study.probe, f"{source}: probe")
+    study.grid = check_grid(study.grid, study.train, source)
+    if study.ddp and study.gpus_per_job < 1:
+        raise ConfigError(f"{source}: ddp trains on the job's GPUs: set gpus_per_job to 1 or more")
     return study
 
 

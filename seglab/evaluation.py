@@ -13,6 +13,7 @@ import torch
 
 from seglab import metrics
 from seglab.config import InferenceOptions, TestConfig, TrainConfig
+from seglab.corruptions import CorruptedDataset, corruption_names, robustness_summary
 from seglab.data.base import SegmentationDataset, build_dataset
 from seglab.engine.checkpoint import load_run
 from seglab.engine.distributed import resolve_device
@@ -77,6 +78,38 @@ def test_dataset(cfg: TestConfig, run_config: TrainConfig) -> SegmentationDatase
     return build_dataset(name, cfg.data_root or run_config.data_root or None, cfg.split, **options)
 
 
+def corruption_metrics(model: torch.nn.Module, dataset: SegmentationDataset, cfg: TestConfig, clean: float) -> dict:
+    """Evaluate `model` under each corruption and severity of `cfg`; return metrics.json's `corruptions`."""
+    results = []
+    for name in corruption_names(cfg.corruptions):
+        for severity in cfg.severities:
+            res = evaluate(
+                model,
+                CorruptedDataset(dataset, name, severity),
+                scales=cfg.scales,
+                flip=cfg.flip,
+                window=cfg.sliding_window,
+                window_step=cfg.window_step,
+                limit=cfg.limit,
+                gallery=0,
+                dilation_ratio=cfg.boundary_ratio,
+                workers=cfg.workers,
+            )
+            scores = metrics.segmentation_metrics(res.cm, list(res.class_names))
+            boot = metrics.bootstrap_miou(res.per_image_cm, resamples=cfg.bootstrap, seed=cfg.seed)
+            results.append(
+                {
+                    "corruption": name,
+                    "severity": severity,
+                    "miou": scores["miou"],
+                    "miou_ci": boot["miou_ci"],
+                    "per_class_iou": scores["per_class_iou"],
+                }
+            )
+            print(f"{name} severity {severity}: mIoU {100 * scores['miou']:.2f}")
+    return robustness_summary(clean, results)
+
+
 @dataclass
 class TestOutcome:
     """What `test` wrote: the evaluation folder, its summary (metrics.json) and the first checkpoint's result."""
@@ -130,6 +163,8 @@ def test(cfg: TestConfig) -> TestOutcome:
             f"{len(res.image_ids)} images of {dataset_name} {cfg.split}"
         )
     summary["checkpoint_spread"] = checkpoint_spread(spread) if len(spread) > 1 else None
+    if cfg.corruptions:
+        summary["corruptions"] = corruption_metrics(first.model, dataset, cfg, summary["miou"])
     summary["model"] = model_info(first.model, first.config)
     summary["dataset"] = {"name": dataset_name, "split": cfg.split}
     summary["test_options"] = {

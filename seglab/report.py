@@ -1,8 +1,9 @@
 """Evaluation reports: report.md and a self-contained report.html (plots embedded as base64 PNG).
 
 Both hold the point estimates with their bootstrap CI, the checkpoint spread, per-class and per-size
-tables, Boundary IoU, the row-normalized confusion matrix, the most confused class pairs, a gallery
-of the worst images (image / label / prediction) and a results-table row ready to paste.
+tables, Boundary IoU, robustness under corruptions (with `--corruptions`), the row-normalized confusion
+matrix, the most confused class pairs, a gallery of the worst images (image / label / prediction) and a
+results-table row ready to paste.
 Figures are drawn with matplotlib's object API (no pyplot global state); the HTML is report.md
 rendered by Python-Markdown with the images inlined as data URIs.
 """
@@ -132,6 +133,70 @@ def gallery_figure(items: Sequence[dict], palette: np.ndarray, ignore_index: int
     return png(fig)
 
 
+def severity_figure(corruptions: dict) -> bytes:
+    """Return a PNG of mIoU against corruption severity: one line per corruption, their mean, and clean mIoU."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    severities = corruptions["severities"]
+    for entry in corruptions["per_corruption"]:
+        name = entry["corruption"]
+        by_severity = {r["severity"]: r["miou"] for r in corruptions["results"] if r["corruption"] == name}
+        ys = [np.nan if by_severity.get(s) is None else 100 * by_severity[s] for s in severities]
+        ax.plot(severities, ys, marker=".", linewidth=1, alpha=0.7, label=name)
+    means = [np.nan if e["mean_miou"] is None else 100 * e["mean_miou"] for e in corruptions["per_severity"]]
+    ax.plot(severities, means, color="black", linewidth=2.5, marker="o", label="mean")
+    if corruptions["clean_miou"] is not None:
+        ax.axhline(100 * corruptions["clean_miou"], color="black", linestyle="--", label="clean")
+    ax.set_xticks(severities)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("mIoU %")
+    ax.set_title("mIoU under ImageNet-C corruptions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return png(fig)
+
+
+def robustness_lines(corruptions: dict, figure: str | None) -> list[str]:
+    """Return the report section on corruptions: mean mIoU, relative robustness, per corruption and severity."""
+    severities = corruptions["severities"]
+    lines = [
+        "## Robustness under corruptions",
+        "",
+        f"Mean mIoU under corruption **{pct(corruptions['mean_miou'], 2)}** over "
+        f"{len(corruptions['per_corruption'])} corruptions x {len(severities)} severities; relative robustness "
+        f"(corrupted / clean mIoU, Kamann & Rother 2020) **{ratio_text(corruptions['relative_robustness'])}** "
+        f"(clean {pct(corruptions['clean_miou'], 2)}).",
+        "",
+    ]
+    if figure:
+        lines += [f"![mIoU by severity]({figure})", ""]
+    by_key = {(r["corruption"], r["severity"]): r["miou"] for r in corruptions["results"]}
+    rows = [
+        [
+            e["corruption"],
+            *(pct(by_key.get((e["corruption"], s)), 1) for s in severities),
+            pct(e["mean_miou"], 2),
+            ratio_text(e["relative"]),
+        ]
+        for e in corruptions["per_corruption"]
+    ]
+    rows.append(
+        [
+            "mean",
+            *(pct(e["mean_miou"], 1) for e in corruptions["per_severity"]),
+            pct(corruptions["mean_miou"], 2),
+            ratio_text(corruptions["relative_robustness"]),
+        ]
+    )
+    lines += md_table(["corruption", *(f"severity {s}" for s in severities), "mean mIoU", "relative"], rows)
+    return [*lines, ""]
+
+
+def ratio_text(value: float | None) -> str:
+    """Return a ratio such as relative robustness with three decimals ("–" when undefined)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
 def results_row(summary: dict) -> tuple[str, str]:
     """Return (header, row) of the paste-ready Markdown results table: basenet, decoder, params, GFLOPs, mIoU."""
     model = summary.get("model") or {}
@@ -244,6 +309,8 @@ def markdown(summary: dict, figures: dict[str, str]) -> str:
             ],
         )
         lines += ["", "Recall of an object: share of its pixels predicted as its class.", ""]
+    if summary.get("corruptions"):
+        lines += robustness_lines(summary["corruptions"], figures.get("robustness"))
     lines += ["## Failure analysis", "", f"![confusion matrix]({figures['confusion']})", ""]
     if summary["top_confusions"]:
         lines += md_table(
@@ -279,6 +346,8 @@ def write_report(out_dir: Path, summary: dict, gallery: Sequence[dict], palette:
     }
     if summary.get("sizes"):
         pngs["sizes"] = size_figure(summary["sizes"])
+    if summary.get("corruptions"):
+        pngs["robustness"] = severity_figure(summary["corruptions"])
     if gallery:
         pngs["gallery"] = gallery_figure(gallery, palette, summary.get("ignore_index", 255))
     files = {}

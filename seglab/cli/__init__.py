@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("seglab.cli.predict", "segment images: palette label PNGs, colour overlays, probabilities"),
     "study": (
         "seglab.cli.study",
-        "train and evaluate a basenet x decoder grid; results table, plots, rank correlation",
+        "train a basenet x decoder x grid study over seeds (locally or on SLURM); error bars, robustness, predictors",
     ),
 }
 
