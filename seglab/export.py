@@ -25,7 +25,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor
 
 from seglab.config import EXPORT_ATOL, ONNX_OPSET, ExportConfig, TrainConfig
-from seglab.data.io import read_image
+from seglab.data.io import PHOTO_FORMATS, read_image
 from seglab.engine.checkpoint import load_run
 from seglab.engine.inference import DeployModel
 from seglab.errors import CheckpointError, ConfigError, ExportError, PathError
@@ -121,7 +121,7 @@ def sample_photos() -> list[Tensor]:
 
 def read_images(paths: Sequence[str | Path]) -> list[Tensor]:
     """Read RGB image files as uint8 [3, H, W] tensors (an error names a file that cannot be read)."""
-    return [read_image(Path(path), formats=None, exif=True) for path in paths]
+    return [read_image(Path(path), formats=PHOTO_FORMATS, exif=True) for path in paths]
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from seglab.config import InferenceOptions, PredictConfig, TrainConfig
 from seglab.data.base import DATASETS, build_dataset
-from seglab.data.io import read_image, write_label_png, write_png
+from seglab.data.io import PHOTO_FORMATS, read_image, write_label_png, write_png
 from seglab.engine.checkpoint import load_run
 from seglab.engine.distributed import resolve_device
 from seglab.engine.inference import predict_logits
@@ -29,7 +29,7 @@ from seglab.errors import ConfigError, PathError
 from seglab.plugins import load_plugins
 from seglab.visual import overlay
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # the files of PHOTO_FORMATS
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -114,7 +114,7 @@ def predict_files(
         (out / name).mkdir(parents=True, exist_ok=True)
     written = []
     for path in tqdm(files, desc="predict", unit="image", disable=not progress):
-        image = read_image(path, formats=None, exif=True)
+        image = read_image(path, formats=PHOTO_FORMATS, exif=True)
         probs = predict_logits(
             model,
             image.unsqueeze(0),
