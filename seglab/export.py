@@ -32,7 +32,7 @@ from seglab.errors import CheckpointError, ConfigError, ExportError, PathError
 from seglab.models import build_model
 from seglab.models.meta import SegmentationModel
 from seglab.plugins import load_plugins
-from seglab.runs import atomic_write, resolve_target
+from seglab.runs import atomic_write, ensure_dir, resolve_target
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -57,7 +57,7 @@ def export_onnx(
     Batch, height and width are dynamic, unless `static_shape` (N, H, W) fixes them (as `seglab bench` does).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "--out")
     deploy = DeployModel(model).eval()
     if static_shape is None:
         # Batch 2 and sizes that are no multiple of the stride, so that no dimension specializes to a constant.
@@ -173,7 +173,7 @@ def model_metadata(model: SegmentationModel, config: TrainConfig, class_names: S
 def save_weights(model: SegmentationModel, path: str | Path, config: TrainConfig, class_names: Sequence[str]) -> Path:
     """Save the model's state dict as safetensors, with the metadata (from its run's config) that rebuilds it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "--out")
     save_model(model, str(path), metadata=model_metadata(model, config, class_names))
     return path
 

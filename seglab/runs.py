@@ -80,18 +80,22 @@ def atomic_write(path: str | Path, data: bytes | str, hook: Hook | None = None) 
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     temp = temp_path(path)
-    with open(temp, "wb") as f:
-        hook("created")
-        half = len(payload) // 2
-        f.write(payload[:half])
-        f.flush()
-        hook("mid-write")
-        f.write(payload[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    hook("before-rename")
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+    try:
+        with open(temp, "wb") as f:
+            hook("created")
+            half = len(payload) // 2
+            f.write(payload[:half])
+            f.flush()
+            hook("mid-write")
+            f.write(payload[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        hook("before-rename")
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except OSError as err:  # a full disk, a folder in the way, no permission: the old file stays as it was
+        temp.unlink(missing_ok=True)
+        raise PathError(f"cannot write {path}: {err.strerror or err}") from err
     return path
 
 
@@ -217,7 +221,7 @@ class EvalDir:
 
     def write(self, summary: dict, arrays: dict[str, np.ndarray]) -> None:
         """Write metrics.json and per_image_cm.npz (the per-image matrices that bootstraps resample)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path, "evaluation folder")
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write(self.per_image, buffer.getvalue())

@@ -41,7 +41,7 @@ from seglab.evaluation import default_eval_name, test
 from seglab.models import basenet_spec
 from seglab.models.complexity import model_complexity
 from seglab.plugins import load_plugins
-from seglab.runs import RunDir, atomic_write
+from seglab.runs import RunDir, atomic_write, ensure_dir
 
 PRETRAINED_WITH_TOP1 = ("imagenet", "package", "hub")
 
@@ -246,7 +246,7 @@ def scatter(rows: list[dict], x: str, xlabel: str, path: Path) -> Path:
 
 def write_results(rows: list[dict], out: Path) -> dict:
     """Write results.csv, results.md, the two plots and correlations.json; return the correlations."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "--out")
     write_csv(rows, out / "results.csv")
     corr = correlations(rows)
     atomic_write(out / "correlations.json", json.dumps(corr, indent=2) + "\n")
