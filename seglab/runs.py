@@ -21,6 +21,7 @@ What goes *into* a checkpoint is `seglab.engine.checkpoint`'s business.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -354,7 +355,8 @@ class RunLock:
         self.fd = -1
 
     def __del__(self) -> None:  # a trainer that failed while starting must not keep its run folder locked
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit, say nothing: the OS drops the flock anyway
+            self.release()
 
 
 def lock_run(run: RunDir) -> RunLock:

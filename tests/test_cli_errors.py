@@ -107,7 +107,7 @@ CASES = {
         "seglab train: error: --dataset-options for 'synthetic': got an unexpected keyword argument 'lenght'",
     ),
     "train, runs root is a file": (
-        ["train", "--device", "cpu", "--pretrained", "none", "--basenet", "lcnet_050", "--runs-root", "{garbage}"],
+        shlex.split("train --device cpu --pretrained none --basenet lcnet_050 --workers 0 --runs-root {garbage}"),
         "seglab train: error: --runs-root {garbage} cannot be created: {garbage} is a file, not a folder",
     ),
     "data stats, unknown dataset option": (
