@@ -152,7 +152,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} cannot be read: {err.strerror or err} (an I/O error, not a damaged file: check "
             "the disk, the mount and the permissions; no older checkpoint is used instead)"
         ) from err
-    except MemoryError as err:
+    except (MemoryError, torch.OutOfMemoryError) as err:  # the latter would otherwise pass as a RuntimeError
         raise CheckpointError(
             f"checkpoint {path} ({path.stat().st_size / 1e6:.0f} MB) does not fit in the free memory; free "
             "memory and retry (no older checkpoint is used instead)"
