@@ -33,7 +33,7 @@ from seglab.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session, op
 from seglab.models import basenet_spec, build_model
 from seglab.models.complexity import model_complexity
 from seglab.plugins import load_plugins
-from seglab.runs import atomic_write, evaluated_runs
+from seglab.runs import atomic_write, ensure_dir, evaluated_runs
 
 MIOU_COLUMN = "mIoU % (95% CI)"
 TOP1_COLUMN = "ImageNet top-1 %"
@@ -254,7 +254,7 @@ def format_text(table: Sequence[Sequence[str]]) -> str:
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """Write rows of dicts (one column per key of the first row) as CSV, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "--csv")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -351,7 +351,7 @@ def bench(cfg: BenchConfig) -> list[dict]:
         write_csv(rows, cfg.csv)
         print(f"wrote {cfg.csv}")
     if cfg.md:
-        Path(cfg.md).parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(Path(cfg.md).parent, "--md")
         atomic_write(Path(cfg.md), format_markdown(table) + "\n\n" + conditions(rows) + "\n")
         print(f"wrote {cfg.md}")
     return rows

@@ -18,7 +18,7 @@ from seglab import metrics
 from seglab.config import CompareConfig
 from seglab.errors import ConfigError, PathError
 from seglab.report import ci_text, html_page, md_table, pct, png, png_uri, ratio_text
-from seglab.runs import EvalDir, RunDir, atomic_write, is_run, read_metrics
+from seglab.runs import EvalDir, RunDir, atomic_write, ensure_dir, is_run, read_metrics
 
 
 @dataclass
@@ -260,7 +260,7 @@ def compare_runs(cfg: CompareConfig) -> Path:
     runs = [load_evaluation(Path(path), cfg.eval_name) for path in cfg.runs]
     result = compare(runs, resamples=cfg.bootstrap, seed=cfg.seed)
     out_dir = Path(cfg.out) if cfg.out else Path("compare-" + "-vs-".join(r.label.replace(":", "_") for r in runs))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "--out")
     curves = {}
     for run in runs:
         if run.run_dir is not None and RunDir(run.run_dir).metrics.is_file():

@@ -8,7 +8,10 @@ sections `train`, `test` and `bench` with these same classes, so every key every
 way: an unknown key or a wrongly typed value is a `ConfigError` naming the file (or flag) and the key.
 
 Field types are str, int, float, bool, `list[T]`, dict and `T | None`; metadata holds the help text,
-choices, a metavar, a minimum, whether the field is positional, and old flag spellings kept as aliases.
+choices, a metavar, a range (`minimum`/`above` below, `maximum`/`below` above), whether the field is
+positional, and old flag spellings kept as aliases. Every config class derives from `CheckedConfig`, so each
+field is checked (type, choices, range) whenever a config is built, from flags, YAML or Python, and a bad
+value is a `ConfigError` naming the flag, the value and the allowed range before anything is created.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ SEED_BASENETS = ("vgg16", "inception_v1", "resnet18", "mobilenet_v1", "mobilenet
 BENCH_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
 ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
+MAX_SEED = 2**32 - 1
+"""The largest seed (NumPy's seeds are 32-bit)."""
 EXPORT_ATOL = 1e-3
 """The largest |ONNX Runtime - PyTorch| logit difference an export may show on its verification images."""
 CORRUPTIONS = (
@@ -64,6 +69,8 @@ def option(
     metavar: str | None = None,
     minimum: float | None = None,
     above: float | None = None,
+    maximum: float | None = None,
+    below: float | None = None,
     positional: bool = False,
     required: bool = False,
     paths: bool = False,
@@ -71,9 +78,9 @@ def option(
 ) -> Any:
     """Return a dataclass field carrying its flag's metadata; list and dict defaults are copied per instance.
 
-    `minimum` (inclusive) and `above` (exclusive) bound numbers (each item of a list); `required` marks a
-    value the command cannot do without; `paths` marks a list of paths (never split at commas on the
-    command line); `aliases` are old flag spellings, accepted but hidden from --help.
+    `minimum`/`maximum` (inclusive) and `above`/`below` (exclusive) bound numbers (each item of a list);
+    `required` marks a value the command cannot do without; `paths` marks a list of paths (never split at
+    commas on the command line); `aliases` are old flag spellings, accepted but hidden from --help.
     """
     meta = {
         "help": help,
@@ -81,6 +88,8 @@ def option(
         "metavar": metavar,
         "minimum": minimum,
         "above": above,
+        "maximum": maximum,
+        "below": below,
         "positional": positional,
         "required": required,
         "paths": paths,
@@ -136,6 +145,19 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def as_flags(name: str, value: Any) -> str:
+    """Return the command-line flags that set key `name` to `value` (e.g. `--crop 32 32`, `--no-flip`)."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + name.replace("_", "-")
+    if isinstance(value, list):
+        return " ".join([flag(name), *map(str, value)])
+    if isinstance(value, dict):
+        return " ".join([flag(name), *(f"{k}={v}" for k, v in value.items())])
+    if value is None or value == "":
+        return f"{flag(name)} ''"
+    return f"{flag(name)} {value}"
+
+
 def parse_value(text: str) -> Any:
     """Parse one KEY=VALUE value the way YAML would (true, 3, 0.5, [1, 2], text)."""
     try:
@@ -153,13 +175,39 @@ def _check_scalar(value: Any, kind: type) -> Any:
     return value
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def allowed_range(meta: dict) -> str:
+    """Return a field's numeric range in words ("at least 1", "in (0, 1]"); "" when it has none."""
+    low, high = meta.get("minimum"), meta.get("maximum")
+    low_open, high_open = meta.get("above"), meta.get("below")
+    if (low is None and low_open is None) or (high is None and high_open is None):
+        if low is not None:
+            return f"at least {_number(low)}"
+        if low_open is not None:
+            return f"greater than {_number(low_open)}"
+        if high is not None:
+            return f"at most {_number(high)}"
+        return f"less than {_number(high_open)}" if high_open is not None else ""
+    left = f"[{_number(low)}" if low is not None else f"({_number(low_open)}"
+    right = f"{_number(high)}]" if high is not None else f"{_number(high_open)})"
+    return f"in {left}, {right}"
+
+
 def _check_bounds(name: str, value: Any, meta: dict, source: str) -> None:
-    minimum, above = meta.get("minimum"), meta.get("above")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{source}: {name} must be at least {minimum:g}, got {value!r}")
-        if above is not None and value <= above:
-            raise ConfigError(f"{source}: {name} must be greater than {above:g}, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high = meta.get("minimum"), meta.get("maximum")
+    low_open, high_open = meta.get("above"), meta.get("below")
+    if (
+        (low is not None and value < low)
+        or (low_open is not None and value <= low_open)
+        or (high is not None and value > high)
+        or (high_open is not None and value >= high_open)
+    ):
+        raise ConfigError(f"{source}: {name} must be {allowed_range(meta)}, got {value!r}")
 
 
 def check_value(cls: type, name: str, value: Any, source: str) -> Any:
@@ -191,6 +239,23 @@ def check_value(cls: type, name: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, choices))}, got {item!r}")
         _check_bounds(name, item, meta, source)
     return value
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a config instance (type, choices, range), naming its flag; ints given for floats
+    and tuples given for lists are converted in place."""
+    cls = type(config)
+    for name, f in fields_of(cls).items():
+        source = name if f.metadata.get("positional") else flag(name)
+        setattr(config, name, check_value(cls, name, getattr(config, name), source))
+
+
+class CheckedConfig:
+    """Base of every command's config dataclass: its fields are checked as soon as it is built (a
+    subclass's own `__post_init__` calls this one first)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def from_dict(cls: type, values: dict, source: str) -> Any:
@@ -263,7 +328,7 @@ DEVICE_HELP = "cuda, cpu, or auto (this rank's GPU when CUDA is available)"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """Everything that defines a training run. Defaults are a PASCAL VOC recipe for one GPU."""
 
     # model
@@ -274,7 +339,7 @@ class TrainConfig:
         "imagenet", "basenet weights: imagenet | package | timm:NAME | torchvision:WEIGHTS | FILE | none"
     )
     decoder_options: dict = option({}, "decoder options, e.g. trainable_upsampling=true", metavar="KEY=VALUE")
-    num_classes: int = option(0, "number of classes; 0 takes it from the dataset (a mismatch is an error)")
+    num_classes: int = option(0, "number of classes; 0 takes it from the dataset (a mismatch is an error)", minimum=0)
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
     # data
     dataset: str = option("", "dataset name; default: voc with --data-root, the embedded synthetic set without")
@@ -282,32 +347,39 @@ class TrainConfig:
     dataset_options: dict = option({}, "dataset options, e.g. length=64 size=64 for synthetic", metavar="KEY=VALUE")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split to validate on")
-    crop: list[int] = option([], "training crop: SIZE or HEIGHT WIDTH; default: the dataset's preset", metavar="PX")
-    scale_range: list[float] = option([0.5, 2.0], "random rescale range before cropping", metavar="S")
+    crop: list[int] = option(
+        [], "training crop: SIZE or HEIGHT WIDTH; default: the dataset's preset", metavar="PX", minimum=1
+    )
+    scale_range: list[float] = option([0.5, 2.0], "random rescale range before cropping", metavar="S", above=0)
     flip: bool = option(True, "random horizontal flips")
-    jitter: float = option(0.0, "colour jitter strength (0: off)")
+    jitter: float = option(0.0, "colour jitter strength (0: off)", minimum=0, below=1)
     pad_mean: bool = option(
         True, "pad crops with the basenet's mean colour (0 after normalization); --no-pad-mean: black"
     )
-    workers: int = option(4, "DataLoader worker processes per rank")
+    workers: int = option(4, "DataLoader worker processes per rank", minimum=0)
     skip_bad_samples: bool = option(False, "skip (and count) unreadable samples instead of stopping")
+    allow_ignore_only_labels: bool = option(
+        False,
+        "train even when the labels hold only 0 and the ignore index (refused by default: the foreground of "
+        "a binary mask saved as 0/255 would be ignored, not learned)",
+    )
     # optimization
     optimizer: str = option("sgd", "sgd (with momentum) or adamw", choices=("sgd", "adamw"))
-    learnrate: float = option(0.01, "peak learning rate")
-    momentum: float = option(0.9, "SGD momentum (adamw: beta1)")
-    weight_decay: float = option(1e-4, "weight decay")
-    batch_size: int = option(16, "global batch size (split across DDP ranks)")
-    epochs: int = option(30, "epochs to train (ignored when --iters > 0)")
-    iters: int = option(0, "iterations to train; 0 uses --epochs")
+    learnrate: float = option(0.01, "peak learning rate", above=0)
+    momentum: float = option(0.9, "SGD momentum (adamw: beta1)", minimum=0, below=1)
+    weight_decay: float = option(1e-4, "weight decay", minimum=0)
+    batch_size: int = option(16, "global batch size (split across DDP ranks)", minimum=1)
+    epochs: int = option(30, "epochs to train (ignored when --iters > 0)", minimum=1)
+    iters: int = option(0, "iterations to train; 0 uses --epochs", minimum=0)
     decaylr: str = option("poly", "learning-rate decay", choices=("poly", "cosine", "step", "none"))
-    warmup: int = option(0, "linear warm-up iterations")
+    warmup: int = option(0, "linear warm-up iterations", minimum=0)
     loss: str = option("ce", "cross-entropy, or OHEM cross-entropy", choices=("ce", "ohem"))
-    class_weights: list[float] = option([], "per-class loss weights (one per class)", metavar="W")
-    ohem_thresh: float = option(0.7, "OHEM: keep pixels whose true-class probability is below this")
-    ohem_min_kept: int = option(100000, "OHEM: keep at least this many pixels per batch")
+    class_weights: list[float] = option([], "per-class loss weights (one per class)", metavar="W", minimum=0)
+    ohem_thresh: float = option(0.7, "OHEM: keep pixels whose true-class probability is below this", above=0, maximum=1)
+    ohem_min_kept: int = option(100000, "OHEM: keep at least this many pixels per batch", minimum=0)
     freeze_bn: bool = option(False, "keep BatchNorm statistics frozen (eval mode) while training")
     sync_bn: bool = option(True, "synchronize BatchNorm statistics across GPUs under DDP")
-    seed: int = option(0, "seed of weights init, data order and augmentation")
+    seed: int = option(0, "seed of weights init, data order and augmentation", minimum=0, maximum=MAX_SEED)
     # numerics and device
     device: str = option("auto", DEVICE_HELP)
     amp: str = option(
@@ -318,27 +390,31 @@ class TrainConfig:
     # monitoring and run folder
     runs_root: str = option("runs", "folder holding the run folders")
     run_name: str = option("", "run folder name; default <date>_<basenet>_<decoder>__<n>")
-    log_every: int = option(20, "log loss, lr and throughput every N steps")
-    eval_every: int = option(500, "mIoU on a random part of val every N steps (0: only at the end)")
-    eval_fraction: float = option(0.25, "part of val drawn for each partial evaluation")
-    eval_batch_size: int = option(1, "validation batch size per rank")
-    ckpt_every: int = option(100, "write checkpoints/last.pt every N steps")
-    keep: int = option(3000, "also keep a checkpoint every N steps (0: none)")
+    log_every: int = option(20, "log loss, lr and throughput every N steps", minimum=1)
+    eval_every: int = option(500, "mIoU on a random part of val every N steps (0: only at the end)", minimum=0)
+    eval_fraction: float = option(0.25, "part of val drawn for each partial evaluation", above=0, maximum=1)
+    eval_batch_size: int = option(1, "validation batch size per rank", minimum=1)
+    ckpt_every: int = option(100, "write checkpoints/last.pt every N steps", minimum=1)
+    keep: int = option(3000, "also keep a checkpoint every N steps (0: none)", minimum=0)
     resume: str = option("", "continue the run in this folder from its last checkpoint")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.crop) == 1:  # one size means a square crop
             self.crop = self.crop * 2
         if len(self.crop) not in (0, 2):
             raise ConfigError(f"--crop takes SIZE or HEIGHT WIDTH, got {self.crop}")
         if len(self.scale_range) != 2:
             raise ConfigError(f"--scale-range takes MIN MAX, got {self.scale_range}")
+        if self.scale_range[0] > self.scale_range[1]:
+            raise ConfigError(f"--scale-range takes MIN MAX with MIN <= MAX, got {self.scale_range}")
 
 
 # Keys a resumed run may change; any other difference from the checkpoint's config is refused.
 RESUME_MAY_CHANGE = frozenset(
     {
         "workers",
+        "allow_ignore_only_labels",
         "log_every",
         "eval_every",
         "eval_batch_size",
@@ -356,7 +432,7 @@ RESUME_MAY_CHANGE = frozenset(
 
 
 @dataclass
-class InferenceOptions:
+class InferenceOptions(CheckedConfig):
     """Test-time inference shared by `seglab test` and `seglab predict`: scales, flip, sliding window."""
 
     scales: list[float] = option(
@@ -378,6 +454,7 @@ class InferenceOptions:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.scales:
             raise ConfigError("--scales needs at least one scale")
         if self.window_step is not None and self.sliding_window is None:
@@ -413,13 +490,13 @@ class TestConfig(InferenceOptions):
     )
     last_k: int | None = option(None, "evaluate the K newest step checkpoints", metavar="K", minimum=1)
     bootstrap: int = option(DEFAULT_RESAMPLES, "bootstrap resamples over images for the CI", metavar="N", minimum=1)
-    seed: int = option(0, "seed of the bootstrap")
+    seed: int = option(0, "seed of the bootstrap", minimum=0, maximum=MAX_SEED)
     gallery: int = option(8, "worst images shown in the report", metavar="K", minimum=0)
     size_bins: list[int] = option(
         list(COCO_AREA_BINS), "object area edges in pixels: small/medium and medium/large", metavar="PX", minimum=1
     )
     boundary_ratio: float = option(
-        DEFAULT_DILATION_RATIO, "Boundary IoU band width as a share of the image diagonal", above=0
+        DEFAULT_DILATION_RATIO, "Boundary IoU band width as a share of the image diagonal", above=0, maximum=1
     )
     corruptions: list[str] = option(
         [],
@@ -469,7 +546,7 @@ class PredictConfig(InferenceOptions):
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(CheckedConfig):
     """`seglab export`: a run's model as ONNX (dynamic batch, height, width; verified) and safetensors."""
 
     run: str = option(
@@ -490,7 +567,7 @@ class ExportConfig:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(CheckedConfig):
     """`seglab bench`: params, GFLOPs and latency of runs or of a basenet x decoder grid."""
 
     runs: list[str] = option(
@@ -509,7 +586,9 @@ class BenchConfig:
         ["eager", "channels_last", "onnxruntime"], "backends to time", choices=BENCH_BACKENDS, metavar="NAME"
     )
     device: str = option("auto", DEVICE_HELP)
-    threads: int = option(0, "CPU threads for PyTorch and ONNX Runtime (0: torch.get_num_threads())", minimum=0)
+    threads: int = option(
+        0, "CPU threads for PyTorch and ONNX Runtime (0: torch.get_num_threads())", minimum=0, maximum=1024
+    )
     warmup: int = option(3, "untimed runs first", minimum=0)
     repeats: int = option(10, "timed runs", minimum=1)
     miou_from: str = option(
@@ -524,6 +603,7 @@ class BenchConfig:
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.size) == 1:
             self.size = self.size * 2
         if len(self.size) != 2:
@@ -533,7 +613,7 @@ class BenchConfig:
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(CheckedConfig):
     """The study's linear probe of a basenet: a 1x1 classifier on one tap of the frozen basenet, trained briefly."""
 
     steps: int = option(300, "training steps of the probe (0: no probe)", minimum=0)
@@ -547,7 +627,7 @@ STUDY_LAUNCHERS = ("local", "submitit_local", "slurm")
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(CheckedConfig):
     """`seglab study`: a basenet x decoder x grid study, trained once per seed, evaluated, measured and explained."""
 
     basenets: list[str] = option([], "basenets of the grid", metavar="NAME")
@@ -629,7 +709,7 @@ def check_study(study: StudyConfig, source: str) -> StudyConfig:
 
 
 @dataclass
-class ModelsConfig:
+class ModelsConfig(CheckedConfig):
     """`seglab models`: the registries, and params / GFLOPs per basenet x decoder."""
 
     size: int = option(512, "square input size for GFLOPs", minimum=1)
@@ -641,7 +721,7 @@ class ModelsConfig:
 
 
 @dataclass
-class RunsConfig:
+class RunsConfig(CheckedConfig):
     """`seglab runs`: list run folders with their partial-val and full-val mIoU."""
 
     runs_root: str = option("runs", "folder holding the run folders")
@@ -650,7 +730,7 @@ class RunsConfig:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(CheckedConfig):
     """`seglab compare`: evaluated runs side by side with a paired bootstrap of each mIoU difference."""
 
     runs: list[str] = option(
@@ -664,16 +744,17 @@ class CompareConfig:
     eval_name: str = option("val", "evaluation of each run folder to compare: RUN/eval/NAME", aliases=("--eval",))
     out: str = option("", "folder for compare.md, compare.html, compare.json, curves.png (default ./compare-A-vs-B)")
     bootstrap: int = option(DEFAULT_RESAMPLES, "paired bootstrap resamples", metavar="N", minimum=1)
-    seed: int = option(0, "seed of the bootstrap")
+    seed: int = option(0, "seed of the bootstrap", minimum=0, maximum=MAX_SEED)
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.runs) < 2:
             raise ConfigError(f"compare needs at least two runs, got {len(self.runs)}")
 
 
 @dataclass
-class DatasetChoice:
+class DatasetChoice(CheckedConfig):
     """The dataset a `seglab data` action reads."""
 
     dataset: str = option("", "dataset name (see `seglab data list`)", required=True)

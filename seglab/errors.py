@@ -31,6 +31,11 @@ class CheckpointError(SeglabError):
     """A checkpoint that cannot be used: unreadable, incomplete, or not matching the run."""
 
 
+class UnloadableCheckpoint(CheckpointError):
+    """A checkpoint file that does not load (torn, damaged, not a checkpoint, or refused by `weights_only`); a
+    resume sets it aside and falls back to the previous one. I/O errors and missing memory are not this."""
+
+
 class DatasetError(SeglabError):
     """A dataset that cannot be built (root or list missing, unsafe list entries); says what to do."""
 

@@ -25,14 +25,14 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor
 
 from seglab.config import EXPORT_ATOL, ONNX_OPSET, ExportConfig, TrainConfig
-from seglab.data.io import read_image
+from seglab.data.io import PHOTO_FORMATS, read_image
 from seglab.engine.checkpoint import load_run
 from seglab.engine.inference import DeployModel
 from seglab.errors import CheckpointError, ConfigError, ExportError, PathError
 from seglab.models import build_model
 from seglab.models.meta import SegmentationModel
 from seglab.plugins import load_plugins
-from seglab.runs import atomic_write, resolve_target
+from seglab.runs import atomic_write, ensure_dir, resolve_target
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -57,7 +57,7 @@ def export_onnx(
     Batch, height and width are dynamic, unless `static_shape` (N, H, W) fixes them (as `seglab bench` does).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "--out")
     deploy = DeployModel(model).eval()
     if static_shape is None:
         # Batch 2 and sizes that are no multiple of the stride, so that no dimension specializes to a constant.
@@ -121,7 +121,7 @@ def sample_photos() -> list[Tensor]:
 
 def read_images(paths: Sequence[str | Path]) -> list[Tensor]:
     """Read RGB image files as uint8 [3, H, W] tensors (an error names a file that cannot be read)."""
-    return [read_image(Path(path), formats=None, exif=True) for path in paths]
+    return [read_image(Path(path), formats=PHOTO_FORMATS, exif=True) for path in paths]
 
 
 @torch.no_grad()
@@ -173,7 +173,7 @@ def model_metadata(model: SegmentationModel, config: TrainConfig, class_names: S
 def save_weights(model: SegmentationModel, path: str | Path, config: TrainConfig, class_names: Sequence[str]) -> Path:
     """Save the model's state dict as safetensors, with the metadata (from its run's config) that rebuilds it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "--out")
     save_model(model, str(path), metadata=model_metadata(model, config, class_names))
     return path
 

@@ -21,15 +21,16 @@ from tqdm import tqdm
 
 from seglab.config import InferenceOptions, PredictConfig, TrainConfig
 from seglab.data.base import DATASETS, build_dataset
-from seglab.data.io import read_image, write_label_png, write_png
+from seglab.data.io import PHOTO_FORMATS, read_image, write_label_png, write_png
 from seglab.engine.checkpoint import load_run
 from seglab.engine.distributed import resolve_device
 from seglab.engine.inference import predict_logits
 from seglab.errors import ConfigError, PathError
 from seglab.plugins import load_plugins
+from seglab.runs import ensure_dir
 from seglab.visual import overlay
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # the files of PHOTO_FORMATS
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -111,10 +112,10 @@ def predict_files(
     options = options or InferenceOptions()
     folders = ["labels", "overlays"] + (["probs"] if probs_format else [])
     for name in folders:
-        (out / name).mkdir(parents=True, exist_ok=True)
+        ensure_dir(out / name, "--out")
     written = []
-    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
-        image = read_image(path, formats=None, exif=True)
+    for path in tqdm(files, desc="predict", unit="image", disable=None if progress else True):  # off unless a tty
+        image = read_image(path, formats=PHOTO_FORMATS, exif=True)
         probs = predict_logits(
             model,
             image.unsqueeze(0),

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from seglab import tables
-from seglab.runs import atomic_write
+from seglab.runs import atomic_write, ensure_dir
 from seglab.tables import percent as pct
 from seglab.visual import overlay
 
@@ -338,7 +338,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}h1{font-size:1.
 
 def write_report(out_dir: Path, summary: dict, gallery: Sequence[dict], palette: np.ndarray) -> tuple[Path, Path]:
     """Write the figures, report.md and a self-contained report.html to `out_dir`; return (html, md) paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "report folder")
     names = list(summary["per_class_iou"])
     pngs = {
         "per_class": per_class_figure(summary),

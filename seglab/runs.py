@@ -3,26 +3,33 @@
 A run folder ``<runs-root>/<YYYY-MM-DD>_<basenet>_<decoder>__<n>/`` holds::
 
     runargs.yaml        the resolved TrainConfig
+    train.lock          while a trainer runs: its pid and host (a second trainer is refused)
     runlog              for people
     metrics.jsonl       for programs: one JSON record per logged step
     events.out.tfevents.*
-    checkpoints/        step_0000100.pt ... and last.pt (a hard link to the newest)
+    checkpoints/        step_0000100.pt ... and last.pt (a hard link to the newest); an unloadable one is
+                        set aside as step_0000100.pt.bad
     eval/NAME/          one `seglab test` evaluation: metrics.json, per_image_cm.npz, report.html, report.md
     export/             `seglab export`: model.onnx, model.safetensors, export.json
 
 This module creates run folders, resolves "a run folder or a checkpoint file" given on a command line,
 lists and names step checkpoints, reads and truncates metrics.jsonl, writes files atomically (temp file in
-the same folder, fsync, rename, fsync the folder), and indexes the evaluations under a runs root.
+the same folder, fsync, rename, fsync the folder), locks a run folder for its one trainer, and indexes the
+evaluations under a runs root.
 What goes *into* a checkpoint is `seglab.engine.checkpoint`'s business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import fcntl
 import io
 import json
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from seglab.errors import ConfigError, PathError
+from seglab.errors import ConfigError, PathError, TrainingError
 
 RUNARGS = "runargs.yaml"
 RUNLOG = "runlog"
@@ -42,6 +49,8 @@ EXPORT = "export"
 EVAL_METRICS = "metrics.json"
 PER_IMAGE = "per_image_cm.npz"
 TEMP_MARK = ".tmp-"
+LOCK = "train.lock"
+BAD_SUFFIX = ".bad"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 RUN_NUMBER = re.compile(r"__(\d+)$")
 
@@ -72,18 +81,22 @@ def atomic_write(path: str | Path, data: bytes | str, hook: Hook | None = None) 
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     temp = temp_path(path)
-    with open(temp, "wb") as f:
-        hook("created")
-        half = len(payload) // 2
-        f.write(payload[:half])
-        f.flush()
-        hook("mid-write")
-        f.write(payload[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    hook("before-rename")
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+    try:
+        with open(temp, "wb") as f:
+            hook("created")
+            half = len(payload) // 2
+            f.write(payload[:half])
+            f.flush()
+            hook("mid-write")
+            f.write(payload[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        hook("before-rename")
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except OSError as err:  # a full disk, a folder in the way, no permission: the old file stays as it was
+        temp.unlink(missing_ok=True)
+        raise PathError(f"cannot write {path}: {err.strerror or err}") from err
     return path
 
 
@@ -93,6 +106,32 @@ def remove_temp_files(folder: Path) -> list[str]:
     for path in stale:
         path.unlink()
     return [p.name for p in stale]
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable file to `<name>.bad` (`.bad-2`, ... when taken), keeping it for inspection; return
+    the new path. Nothing that lists step checkpoints sees it again."""
+    target, number = path.with_name(path.name + BAD_SUFFIX), 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}{BAD_SUFFIX}-{number}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def ensure_dir(path: str | Path, what: str) -> Path:
+    """Create folder `path` (and its parents) for output; a file in the way or a denied permission is an
+    error naming `what` (a flag or a role) and the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise PathError(f"{what} {path} cannot be created: {blocker} is a file, not a folder") from None
+    except OSError as err:
+        raise PathError(f"{what} {path} cannot be created: {err.strerror or err}") from None
+    return path
 
 
 def step_name(step: int) -> str:
@@ -183,7 +222,7 @@ class EvalDir:
 
     def write(self, summary: dict, arrays: dict[str, np.ndarray]) -> None:
         """Write metrics.json and per_image_cm.npz (the per-image matrices that bootstraps resample)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path, "evaluation folder")
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write(self.per_image, buffer.getvalue())
@@ -274,6 +313,105 @@ class RunDir:
         return read_metrics(self.metrics)
 
 
+def _owner_text() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": f"{datetime.datetime.now():%c}"})
+
+
+def _describe_owner(text: str) -> str:
+    try:
+        owner = json.loads(text)
+        return f"pid {owner['pid']} on host {owner['host']}, since {owner['since']}"
+    except (ValueError, TypeError, KeyError):
+        return f"an unknown owner ({text.strip()[:80]!r})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+@dataclass
+class RunLock:
+    """A trainer's claim on its run folder: `RUN/train.lock` holds the owner's pid and host, and the owner
+    holds an exclusive `flock` on it while it runs. The operating system drops the flock when the process
+    dies, however it dies, so a lock file left by a killed trainer is recognised as stale and taken over
+    (`stale` names its dead owner)."""
+
+    path: Path
+    fd: int
+    stale: str = ""
+
+    def release(self) -> None:
+        """Remove the lock file and drop the claim (the file goes first, while the flock still guards it)."""
+        if self.fd < 0:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:  # a trainer that failed while starting must not keep its run folder locked
+        with contextlib.suppress(Exception):  # at interpreter exit, say nothing: the OS drops the flock anyway
+            self.release()
+
+
+def lock_run(run: RunDir) -> RunLock:
+    """Claim `run` for this trainer; a run folder another live trainer holds is an error naming its pid and
+    host. Where the filesystem has no `flock` (some network mounts), a lock file whose owner is a live
+    process on this host, or any process on another host, is honoured instead."""
+    path = run.path / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _describe_owner(os.read(fd, 4096).decode(errors="replace"))
+            os.close(fd)
+            raise TrainingError(
+                f"run folder {run.path} is in use by another `seglab train` ({owner}): two trainers would write "
+                "the same checkpoints; wait for it to finish or stop it first"
+            ) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            _check_owner_without_flock(fd, run)
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the previous owner removed the file between our open and flock: claim the new one
+    previous = os.read(fd, 4096).decode(errors="replace").strip()
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.ftruncate(fd, 0)
+    os.write(fd, _owner_text().encode())
+    os.fsync(fd)
+    return RunLock(path, fd, _describe_owner(previous) if previous else "")
+
+
+def _check_owner_without_flock(fd: int, run: RunDir) -> None:
+    """Refuse a lock file whose recorded owner may still run (used where `flock` is not supported)."""
+    text = os.read(fd, 4096).decode(errors="replace")
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        owner = json.loads(text) if text.strip() else None
+    except ValueError:
+        owner = None
+    if not isinstance(owner, dict) or owner.get("pid") == os.getpid():
+        return
+    here = owner.get("host") == socket.gethostname()
+    if here and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+        return
+    os.close(fd)
+    where = "" if here else "; seglab cannot check a process on another host: if none runs there, delete the file"
+    raise TrainingError(
+        f"run folder {run.path} is in use by another `seglab train` ({_describe_owner(text)}, see "
+        f"{run.path / LOCK}){where}"
+    )
+
+
 def is_run(path: Path) -> bool:
     """Return True when `path` is a run folder (it holds runargs.yaml)."""
     return (path / RUNARGS).is_file()
@@ -291,8 +429,7 @@ def open_run(path: str | Path) -> RunDir:
 
 def new_run(runs_root: str | Path, basenet: str, decoder: str, run_name: str = "") -> RunDir:
     """Create and return a new run folder: `run_name`, or <date>_<basenet>_<decoder>__<next n>."""
-    root = Path(runs_root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_dir(runs_root, "--runs-root")
     if run_name:
         path = root / check_run_name(run_name)
         if not path.resolve().is_relative_to(root.resolve()):

@@ -1,10 +1,14 @@
-"""Checkpoints: a real SIGKILL at each stage of a write, pruning, weights_only refusal, complete state, load_run."""
+"""Checkpoints: a real SIGKILL at each stage of a write, pruning, the healing fallback (only for files that do
+not load), weights_only refusal, validation of every entry, CPU-written RNG states on a GPU machine, load_run."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ import torch
 from seglab import config
 from seglab.config import TrainConfig
 from seglab.engine import checkpoint
-from seglab.errors import CheckpointError, PathError
+from seglab.errors import CheckpointError, PathError, UnloadableCheckpoint
 from seglab.models import build_model
 
 
@@ -54,19 +58,34 @@ def save_in_child(ckpt_dir: Path, step: int, kill_at: str | None) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-@pytest.mark.parametrize("stage", ["created", "mid-write", "before-rename", "before-prune"])
+# stage -> (newest complete step, step last.pt holds, a temp file is left, step files left)
+STAGES = {
+    "created": (2, 2, True, [1, 2]),
+    "mid-write": (2, 2, True, [1, 2]),
+    "before-rename": (2, 2, True, [1, 2]),
+    "last-linked": (3, 2, True, [1, 2, 3]),  # the new file is in place; last.pt still the old one
+    "before-prune": (3, 3, False, [1, 2, 3]),
+    "mid-prune": (3, 3, False, [2, 3]),
+}
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_kill_at_each_stage_of_a_write_leaves_a_complete_checkpoint(tmp_path, stage):
+    newest, last_step, temp_left, steps_left = STAGES[stage]
     ckpt_dir = tmp_path / "checkpoints"
     for step in (1, 2):
         checkpoint.save_checkpoint(state(step), ckpt_dir, step, keep_every=0)
     status = save_in_child(ckpt_dir, 3, stage)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    written = stage == "before-prune"  # the new file was renamed into place before the kill
     temps = list(ckpt_dir.glob(".*"))
-    assert bool(temps) == (stage != "before-prune")
-    _, loaded = checkpoint.find_resumable(ckpt_dir, report=pytest.fail)
-    assert loaded["step"] == (3 if written else 2)
-    assert checkpoint.read_checkpoint(ckpt_dir / "last.pt")["step"] == (3 if written else 2)
+    assert bool(temps) == temp_left
+    assert [s for s, _ in reversed(checkpoint.step_files(ckpt_dir))] == steps_left
+    found = checkpoint.find_resumable(ckpt_dir, report=pytest.fail)
+    assert found.state["step"] == newest and found.unloadable == []
+    assert checkpoint.read_checkpoint(ckpt_dir / "last.pt")["step"] == last_step
+    notes = checkpoint.heal(ckpt_dir, found.path, found.unloadable)  # what a resume does once it holds the lock
+    assert bool(notes) == (last_step != newest)
+    assert os.path.samefile(ckpt_dir / "last.pt", found.path)
     assert sorted(p.name for p in ckpt_dir.glob(".*")) == sorted(p.name for p in temps)
     assert checkpoint.remove_temp_files(ckpt_dir) == sorted(p.name for p in temps)
     assert not list(ckpt_dir.glob(".*"))
@@ -86,17 +105,80 @@ def test_pruning_keeps_the_newest_two_and_the_keeps(tmp_path):
     assert os.path.samefile(ckpt_dir / "last.pt", ckpt_dir / "step_0000010.pt")
 
 
-def test_unreadable_newest_checkpoint_is_reported_and_the_previous_used(tmp_path):
+def names(ckpt_dir: Path) -> list[str]:
+    return sorted(p.name for p in ckpt_dir.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["torn", "zeros", "flipped tensor byte"])
+def test_unloadable_newest_checkpoint_is_set_aside_and_never_counted(tmp_path, damage):
+    ckpt_dir = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        checkpoint.save_checkpoint(state(step), ckpt_dir, step, keep_every=0)
+    newest = ckpt_dir / "step_0000003.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "torn":
+        data = data[: len(data) // 2]
+    elif damage == "zeros":
+        data = bytearray(len(data))
+    else:  # bit rot inside a tensor: torch.load alone would return wrong weights without a word
+        with zipfile.ZipFile(newest) as archive:
+            info = next(i for i in archive.infolist() if "/data/" in i.filename)
+        start = info.header_offset  # the member's data follows its local header (name and extra field)
+        name_length, extra_length = struct.unpack("<HH", data[start + 26 : start + 30])
+        data[start + 30 + name_length + extra_length + 2] ^= 0xFF
+    with open(newest, "r+b") as f:  # in place, as a disk fault would: last.pt (the same file) is damaged too
+        f.write(data)
+        f.truncate()
+    with pytest.raises(UnloadableCheckpoint, match="last.pt cannot be loaded"):
+        checkpoint.read_checkpoint(ckpt_dir / "last.pt")
+    reports: list[str] = []
+    found = checkpoint.find_resumable(ckpt_dir, reports.append)
+    assert found.path.name == "step_0000002.pt" and found.state["step"] == 2
+    assert found.unloadable == [newest]
+    assert len(reports) == 1 and "step_0000003.pt cannot be loaded" in reports[0]
+    assert names(ckpt_dir) == ["last.pt", "step_0000002.pt", "step_0000003.pt"]  # finding changes nothing
+    notes = checkpoint.heal(ckpt_dir, found.path, found.unloadable)
+    assert notes == [
+        "set aside the unloadable checkpoint step_0000003.pt as step_0000003.pt.bad",
+        "last.pt now points at step_0000002.pt, the newest checkpoint that loads",
+    ]
+    assert os.path.samefile(ckpt_dir / "last.pt", found.path)
+    for step in (3, 4):  # the resumed run goes on: the .bad file is kept and never counted by pruning
+        checkpoint.save_checkpoint(state(step), ckpt_dir, step, keep_every=0)
+    assert names(ckpt_dir) == ["last.pt", "step_0000003.pt", "step_0000003.pt.bad", "step_0000004.pt"]
+    assert checkpoint.find_resumable(ckpt_dir, pytest.fail).state["step"] == 4
+    for step in (4, 3):  # new files, not in place: last.pt keeps step 4 as a separate copy
+        (ckpt_dir / f"step_000000{step}.pt").unlink()
+        (ckpt_dir / f"step_000000{step}.pt").write_bytes(b"torn")
+    found = checkpoint.find_resumable(ckpt_dir, reports.append)
+    assert found.path.name == "last.pt" and found.state["step"] == 4
+    checkpoint.heal(ckpt_dir, found.path, found.unloadable)  # a second bad file of step 3 gets its own name
+    assert names(ckpt_dir) == ["last.pt", "step_0000003.pt.bad", "step_0000003.pt.bad-2", "step_0000004.pt.bad"]
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (OSError(errno.EIO, "Input/output error"), "cannot be read: Input/output error (an I/O error"),
+        (PermissionError(errno.EACCES, "Permission denied"), "cannot be read: Permission denied"),
+        (MemoryError(), "does not fit in the free memory"),
+    ],
+)
+def test_io_errors_and_memory_errors_stop_without_falling_back(tmp_path, monkeypatch, error, message):
     ckpt_dir = tmp_path / "checkpoints"
     for step in (1, 2):
         checkpoint.save_checkpoint(state(step), ckpt_dir, step, keep_every=0)
-    newest = ckpt_dir / "step_0000002.pt"
-    newest.unlink()  # break the hard link before corrupting, as a disk fault would
-    newest.write_bytes(b"\x00" * 100)
-    reports: list[str] = []
-    path, loaded = checkpoint.find_resumable(ckpt_dir, reports.append)
-    assert path.name == "step_0000001.pt" and loaded["step"] == 1
-    assert len(reports) == 1 and "step_0000002.pt cannot be loaded" in reports[0]
+    before = names(ckpt_dir)
+
+    def failing_load(path, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "load", failing_load)
+    with pytest.raises(CheckpointError, match="step_0000002.pt") as err:
+        checkpoint.find_resumable(ckpt_dir, report=pytest.fail)  # no fallback to step 1: nothing reported
+    assert message in str(err.value) and not isinstance(err.value, UnloadableCheckpoint)
+    assert "no older checkpoint is used instead" in str(err.value)
+    assert names(ckpt_dir) == before
 
 
 class Payload:
@@ -117,8 +199,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="step_0000002.pt cannot be loaded: UnpicklingError"):
         checkpoint.read_checkpoint(ckpt_dir / "step_0000002.pt")
     reports: list[str] = []
-    _, loaded = checkpoint.find_resumable(ckpt_dir, reports.append)
-    assert loaded["step"] == 1 and "Weights only load failed" in reports[0]
+    found = checkpoint.find_resumable(ckpt_dir, reports.append)
+    assert found.state["step"] == 1 and "Weights only load failed" in reports[0]
+    checkpoint.heal(ckpt_dir, found.path, found.unloadable)
+    assert (ckpt_dir / "step_0000002.pt.bad").is_file()
     assert not marker.exists()
 
 
@@ -139,6 +223,57 @@ def test_missing_entries_are_errors_listing_them(tmp_path, remove, listed):
     assert str(err.value).endswith(listed)
 
 
+def set_entry(keys: str, value):
+    """Return a change of the checkpoint entry at dotted path `keys` (an int selects a list item)."""
+
+    def change(s: dict) -> None:
+        *parents, last = [int(k) if k.isdigit() else k for k in keys.split(".")]
+        for key in parents:
+            s = s[key]
+        s[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (set_entry("step", "3"), "step must be a non-negative int, got '3'"),
+        (set_entry("epoch", -1), "epoch must be a non-negative int, got -1"),
+        (set_entry("model.weight", [1.0, 2.0]), "model must be a state dict of named tensors"),
+        (set_entry("optimizer.param_groups", None), "optimizer must be an optimizer state dict"),
+        (set_entry("scheduler", [1]), "scheduler must be a state dict"),
+        (set_entry("rng.0.python", [3, [1, 2], None]), "rng[0].python must be a Python random.getstate() tuple"),
+        (set_entry("rng.0.numpy.key", torch.zeros(624, dtype=torch.int32)), "rng[0].numpy must be an MT19937"),
+        (set_entry("rng.0.torch", torch.zeros(3)), "rng[0].torch must be a uint8 tensor"),
+        (set_entry("rng.0.cuda", "none"), "rng[0].cuda must be a list of uint8 tensors"),
+        (set_entry("counters.skipped", "many"), "counters must map names to numbers"),
+        (set_entry("dataset.class_names", "a b c"), "dataset.class_names must be a non-empty list of names"),
+        (set_entry("dataset.ignore_index", 300), "dataset.ignore_index must be an int in [0, 255]"),
+        (set_entry("dataset.num_train", -4), "dataset.num_train must be a non-negative int"),
+        (set_entry("pending", {"eval": "half"}), "pending must be {} or an evaluation"),
+        (set_entry("config", "- a list\n"), "config: not a mapping of TrainConfig keys"),
+        (set_entry("config", "batch_size: 0\n"), "batch_size must be at least 1, got 0"),
+        (set_entry("config", "num_classes: 5\n"), "dataset.class_names lists 3 classes, its config has num_classes 5"),
+        (set_entry("format", 2), "has format 2, this seglab reads 1"),
+    ],
+)
+def test_every_entry_is_validated_on_load(tmp_path, change, named):
+    broken = state(1)
+    change(broken)
+    path = tmp_path / "x.pt"
+    torch.save(broken, path)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.read_checkpoint(path)
+    assert named in str(err.value) and str(path) in str(err.value)
+    assert not isinstance(err.value, UnloadableCheckpoint)  # no crash damage: a resume stops, not falls back
+    torch.save(state(1), tmp_path / "step_0000001.pt")
+    path.rename(tmp_path / "step_0000002.pt")
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.find_resumable(tmp_path, report=pytest.fail)
+    assert named in str(err.value)
+
+
 def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     random.seed(1)
     np.random.seed(2)
@@ -150,6 +285,45 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     checkpoint.set_rng_state(saved, "rng.pt")
     got = (random.random(), np.random.rand(), np.random.randn(), torch.rand(3))
     assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+
+
+class FakeCuda:
+    """Stands in for torch.cuda on a machine with `count` GPUs, recording the generator states set."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.set = count, {}
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: self.set.__setitem__(device, s))
+        monkeypatch.setattr(
+            torch.cuda,
+            "get_rng_state_all",
+            lambda: [torch.full((16,), d, dtype=torch.uint8) for d in range(self.count)],
+        )
+
+
+@pytest.mark.parametrize(("written_with", "resumed_with"), [(0, 1), (0, 2), (2, 1), (1, 2), (2, 2)])
+def test_rng_states_of_another_gpu_count_resume(monkeypatch, written_with, resumed_with):
+    saved = checkpoint.rng_state()  # this machine has no GPU: no CUDA states
+    assert saved["cuda"] == []
+    saved["cuda"] = [torch.full((16,), 10 + d, dtype=torch.uint8) for d in range(written_with)]
+    cuda = FakeCuda(resumed_with)
+    cuda.install(monkeypatch)
+    note = checkpoint.set_rng_state(saved, "ckpt.pt")
+    restored = min(written_with, resumed_with)
+    assert sorted(cuda.set) == list(range(restored))
+    for device, generator in cuda.set.items():
+        assert torch.equal(generator, saved["cuda"][device])
+    if written_with == resumed_with:
+        assert note == ""
+    else:
+        assert note == (
+            f"ckpt.pt holds {written_with} CUDA RNG states, this machine has {resumed_with} GPUs: restored "
+            f"{restored}, the others keep their seeded state"
+        )
+    assert len(checkpoint.rng_state()["cuda"]) == resumed_with  # and a GPU machine saves its own
 
 
 def test_corrupt_rng_entry_is_an_error():
@@ -191,6 +365,11 @@ def test_load_run_from_run_folder_and_file(tmp_path, written_before_plugins):
         assert loaded.config.crop == [32, 32] and loaded.config.plugins == []
         assert loaded.step == 7 and loaded.class_names == ["a", "b", "c"] and loaded.ignore_index == 255
         assert loaded.run.path == run_dir
+    wrong = state(7, build_model("lcnet_050", "fcn8s", 3), cfg)
+    wrong["model"] = {k: v for k, v in list(wrong["model"].items())[1:]}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="wrong.pt: its weights do not fit the model its config describes"):
+        checkpoint.load_run(tmp_path / "wrong.pt")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     (tmp_path / "empty" / "runargs.yaml").write_text("basenet: x\n")
     with pytest.raises(PathError, match="has no checkpoints/last.pt: it stopped before its first checkpoint"):

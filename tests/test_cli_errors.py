@@ -1,11 +1,16 @@
-"""Every subcommand answers a missing or wrong path, a folder that is no run, and an unreadable file with one
-line, ``seglab CMD: error: ...`` naming the path, and exit status 1; a bug in seglab keeps its traceback."""
+"""Every subcommand answers a missing or wrong path, a folder that is no run, an unreadable file, an output
+folder that cannot be created, a value out of range and other user errors with one line, ``seglab CMD: error:
+...`` naming the path or flag, and exit status 1; a bug in seglab keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import pytest
+from deploy_fixtures import train_tiny_run
+from PIL import Image
+from test_data_check import jpeg_claiming
 
 import seglab.cli
 from seglab.cli import main
@@ -83,6 +88,32 @@ CASES = {
         "seglab data stats: error: unknown dataset 'nosuchset'",
     ),
     "models, unknown": (["models", "--basenets", "resnet_v9"], "seglab models: error: unknown basenet 'resnet_v9'"),
+    "models, out of range": (["models", "--size", "0"], "seglab models: error: --size: size must be at least 1, got 0"),
+    "train, out of range": (
+        ["train", "--eval-fraction", "1.5"],
+        "seglab train: error: --eval-fraction: eval_fraction must be in (0, 1], got 1.5",
+    ),
+    "train, malformed --pretrained": (
+        shlex.split("train --basenet lcnet_050 --device cpu --pretrained {garbage} --runs-root {plain}/runs"),
+        "seglab train: error: pretrained weights {garbage} cannot be loaded",
+    ),
+    "train, unknown timm weights": (
+        shlex.split("train --basenet lcnet_050 --device cpu --pretrained timm:no_such_model_x --runs-root {plain}/r"),
+        "seglab train: error: --pretrained timm:no_such_model_x: Unknown model (no_such_model_x)",
+    ),
+    "train, not a device": (["train", "--device", "gpu0"], "seglab train: error: --device 'gpu0' is not a device"),
+    "train, unknown dataset option": (
+        ["train", "--dataset-options", "lenght=4", "--device", "cpu"],
+        "seglab train: error: --dataset-options for 'synthetic': got an unexpected keyword argument 'lenght'",
+    ),
+    "train, runs root is a file": (
+        shlex.split("train --device cpu --pretrained none --basenet lcnet_050 --workers 0 --runs-root {garbage}"),
+        "seglab train: error: --runs-root {garbage} cannot be created: {garbage} is a file, not a folder",
+    ),
+    "data stats, unknown dataset option": (
+        ["data", "stats", "--dataset", "synthetic", "--dataset-options", "colour=red"],
+        "seglab data stats: error: --dataset-options for 'synthetic': got an unexpected keyword argument 'colour'",
+    ),
 }
 
 
@@ -122,3 +153,57 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(seglab.cli, "build_parser", lambda argv: parser)
     with pytest.raises(ZeroDivisionError, match="a bug"):
         main(["runs"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run, and a folder with a GIF, a decompression bomb and a file where folders should go."""
+    root = tmp_path_factory.mktemp("cli")
+    Image.new("RGB", (20, 20)).save(root / "image.gif")
+    Image.new("RGB", (20, 20)).save(root / "image.png")
+    (root / "bomb.jpg").write_bytes(jpeg_claiming(20000, 10000))
+    (root / "afile").write_text("a file, not a folder")
+    return train_tiny_run(root / "runs"), root
+
+
+RUN_CASES = {
+    "test, --out is a file": (
+        ["test", "{run}", "--out", "{afile}/eval", "--limit", "1", "--workers", "0"],
+        "seglab test: error: evaluation folder {afile}/eval cannot be created: {afile} is a file, not a folder",
+    ),
+    "export, --out is a file": (
+        ["export", "{run}", "--out", "{afile}"],
+        "seglab export: error: --out {afile} cannot be created: {afile} is a file, not a folder",
+    ),
+    "predict, --out is a file": (
+        ["predict", "{run}", "{root}/image.png", "--out", "{afile}", "--device", "cpu"],
+        "seglab predict: error: --out {afile}/labels cannot be created: {afile} is a file, not a folder",
+    ),
+    "predict, a format photos do not come in": (
+        ["predict", "{run}", "{root}/image.gif", "--out", "{root}/out", "--device", "cpu"],
+        "seglab predict: error: {root}/image.gif: unreadable image: not a JPEG/PNG/BMP/TIFF/WEBP file",
+    ),
+    "predict, a decompression bomb": (
+        ["predict", "{run}", "{root}/bomb.jpg", "--out", "{root}/out", "--device", "cpu"],
+        "seglab predict: error: {root}/bomb.jpg: image is too large to decode safely",
+    ),
+    "bench, --csv is a folder": (
+        ["bench", "{run}", "--backends", "eager", "--repeats", "1", "--warmup", "0", "--size", "32", "--csv", "{root}"],
+        "seglab bench: error: cannot write {root}: Is a directory",
+    ),
+    "test, not a device": (
+        ["test", "{run}", "--device", "tpu9"],
+        "seglab test: error: --device 'tpu9' is not a device",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_user_errors_about_a_run_are_one_line(case, run, capsys):
+    run_dir, root = run
+    argv, expected = RUN_CASES[case]
+    names = {"run": run_dir, "root": root, "afile": root / "afile"}
+    assert main([a.format(**names) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(expected.format(**names)), err

@@ -10,9 +10,10 @@ import re
 import shlex
 
 import pytest
+import yaml
 
 from seglab import config
-from seglab.cli import Parser
+from seglab.cli import Parser, main
 from seglab.cli.flags import add_config_arguments, config_from_args, explicit_values
 from seglab.config import BenchConfig, CompareConfig, PredictConfig, TestConfig, TrainConfig
 from seglab.errors import ConfigError, PathError
@@ -264,3 +265,98 @@ def test_a_yaml_scalar_for_a_list_key_is_a_one_element_list(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("crop: 64\nplugins: my_decoders\n")
     assert config.read_yaml(TrainConfig, path) == {"crop": [64], "plugins": ["my_decoders"]}
+
+
+NUMBERS = [
+    (cls, name)
+    for cls in CONFIGS
+    for name in config.fields_of(cls)
+    if int in (config.kind_of(cls, name).base, config.kind_of(cls, name).item)
+    or float in (config.kind_of(cls, name).base, config.kind_of(cls, name).item)
+]
+
+
+def outside(meta: dict, number: type) -> list:
+    """Values just outside a field's range (or not among its choices)."""
+    if meta["choices"]:
+        return [max(meta["choices"]) + 1]
+    step = 1 if number is int else 0.5
+    values = []
+    if meta["minimum"] is not None:
+        values.append(number(meta["minimum"] - step))
+    if meta["above"] is not None:
+        values.append(number(meta["above"]))
+    if meta["maximum"] is not None:
+        values.append(number(meta["maximum"] + step))
+    if meta["below"] is not None:
+        values.append(number(meta["below"]))
+    return values
+
+
+@pytest.mark.parametrize(("cls", "name"), NUMBERS, ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_every_number_has_a_range_and_values_outside_it_are_refused_naming_flag_value_and_range(cls, name, tmp_path):
+    meta, kind = config.fields_of(cls)[name].metadata, config.kind_of(cls, name)
+    number = kind.item or kind.base
+    assert meta["choices"] or config.allowed_range(meta), f"{cls.__name__}.{name} declares no range"
+    required = {k: REQUIRED[k] for k, f in config.fields_of(cls).items() if f.metadata["required"]}
+    for bad in outside(meta, number):
+        value = [bad] if kind.base is list else bad
+        expected = (
+            f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {bad!r}"
+            if meta["choices"]
+            else f"{name} must be {config.allowed_range(meta)}, got {bad!r}"
+        )
+        if not meta["choices"]:  # argparse refuses other choices itself (a usage error)
+            with pytest.raises(ConfigError) as err:
+                parse(cls, [config.flag(name), *map(str, value if kind.base is list else [value])])
+            assert str(err.value) == f"{config.flag(name)}: {expected}"
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump({name: value}))
+        with pytest.raises(ConfigError) as err:
+            config.read_yaml(cls, path)
+        assert str(err.value) == f"{path}: {expected}"
+        with pytest.raises(ConfigError) as err:  # a config built in Python is checked too
+            cls(**required, **{name: value})
+        assert str(err.value) == f"{config.flag(name)}: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [(c, n) for c in CONFIGS for n, f in config.fields_of(c).items() if f.metadata["choices"]],
+    ids=lambda x: x if isinstance(x, str) else x.__name__,
+)
+def test_choice_fields_refuse_other_values(cls, name):
+    kind = config.kind_of(cls, name)
+    bad = "no-such-choice" if (kind.item or kind.base) is str else -1
+    required = {k: REQUIRED[k] for k, f in config.fields_of(cls).items() if f.metadata["required"]}
+    with pytest.raises(ConfigError, match=f"^{config.flag(name)}: {name} must be one of "):
+        cls(**required, **{name: [bad] if kind.base is list else bad})
+
+
+TINY_TRAIN = shlex.split(
+    "train --basenet lcnet_050 --decoder fcn8s --pretrained none --device cpu --dataset-options length=8 size=32 "
+    "--crop 32 --batch-size 2 --iters 2 --workers 0 --eval-every 0"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--iters", "-5"], "--iters: iters must be at least 0, got -5"),
+        (["--batch-size", "0"], "--batch-size: batch_size must be at least 1, got 0"),
+        (["--ckpt-every", "0"], "--ckpt-every: ckpt_every must be at least 1, got 0"),
+        (["--log-every", "0"], "--log-every: log_every must be at least 1, got 0"),
+        (["--learnrate", "-1"], "--learnrate: learnrate must be greater than 0, got -1.0"),
+        (["--eval-fraction", "0"], "--eval-fraction: eval_fraction must be in (0, 1], got 0.0"),
+        (["--seed", "-1"], "--seed: seed must be in [0, 4294967295], got -1"),
+        (["--momentum", "1", "--optimizer", "adamw"], "--momentum: momentum must be in [0, 1), got 1.0"),
+        (["--crop", "16"], "--crop 16 16 is smaller than the network's stride 32 (basenet 'lcnet_050'"),
+        (["--batch-size", "16"], "--batch-size 16: the training set has 8 samples, fewer than one batch"),
+        (["--class-weights", "1", "2"], "--class-weights has 2 values for 6 classes"),
+    ],
+)
+def test_a_refused_run_names_the_flag_and_leaves_nothing_behind(tmp_path, capsys, argv, message):
+    assert main([*TINY_TRAIN, "--runs-root", str(tmp_path / "runs"), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"seglab train: error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()

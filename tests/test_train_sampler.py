@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seglab.engine.sampler import ShardSampler, TrainBatchSampler, epoch_permutation, partial_subset
+from seglab.errors import ConfigError
 
 
 def test_permutation_depends_on_seed_and_epoch_only():
@@ -37,9 +38,9 @@ def test_resume_position_yields_the_rest_of_the_epoch():
 
 
 def test_bad_batch_sizes_are_errors():
-    with pytest.raises(ValueError, match="batch size 5 is not divisible by the 2 processes"):
+    with pytest.raises(ConfigError, match="--batch-size 5 is not divisible by the 2 processes"):
         TrainBatchSampler(20, 5, seed=0, world_size=2)
-    with pytest.raises(ValueError, match="has 3 samples, fewer than one batch of 4"):
+    with pytest.raises(ConfigError, match="--batch-size 4: the training set has 3 samples, fewer than one batch"):
         TrainBatchSampler(3, 4, seed=0)
 
 

@@ -91,11 +91,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, config_f
                 kwargs["choices"] = meta["choices"]
         if kind.base is list and meta.get("choices"):
             kwargs["help"] += f" (from {', '.join(meta['choices'])})"
+        notes = [cfg_mod.allowed_range(meta)] if cfg_mod.allowed_range(meta) else []
+        if not meta.get("positional") and not meta.get("required") and "default" not in meta["help"]:
+            notes.append(f"default: {_describe(cfg_mod.default_of(f))}")
+        if notes:
+            kwargs["help"] += f" ({'; '.join(notes)})"
         if meta.get("positional"):
             parser.add_argument(name, **kwargs)
             continue
-        if not meta.get("required") and "default" not in meta["help"]:
-            kwargs["help"] += f" (default: {_describe(cfg_mod.default_of(f))})"
         parser.add_argument(cfg_mod.flag(name), dest=name, default=argparse.SUPPRESS, **kwargs)
         for alias in meta.get("aliases", ()):  # an old spelling: accepted, hidden from --help
             parser.add_argument(

@@ -8,6 +8,7 @@ A bad file is never replaced by something else: `load` raises `BadSampleError` n
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from seglab.data import io
-from seglab.errors import BadSampleError, DatasetError
+from seglab.errors import BadSampleError, ConfigError, DatasetError
 from seglab.registry import Registry
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
@@ -276,5 +277,14 @@ class FileDataset(SegmentationDataset):
 
 
 def build_dataset(name: str, root: str | Path | None, split: str, **options) -> SegmentationDataset:
-    """Return dataset `name` (see `DATASETS.names()`) read from `root`, split `split`."""
-    return DATASETS[name](root, split, **options)
+    """Return dataset `name` (see `DATASETS.names()`) read from `root`, split `split`; an option the dataset
+    does not take is an error naming it and the options it takes."""
+    factory = DATASETS[name]
+    try:
+        inspect.signature(factory).bind(root, split, **options)
+    except TypeError as err:
+        accepted = [p for p in list(inspect.signature(factory).parameters)[2:] if p != "strict"]
+        raise ConfigError(
+            f"--dataset-options for {name!r}: {err}; it takes {', '.join(accepted) or 'no options'}"
+        ) from None
+    return factory(root, split, **options)

@@ -1,9 +1,11 @@
 """`seglab data check`: read every file of a dataset split and report each fault with its file.
 
 Finds (reliability rules 6-8): list entries leaving the root, missing images or labels, empty,
-unreadable or truncated images, image/label size mismatch, label values that are neither a class
-nor the ignore index (with values and pixel counts), RGB colour labels where indices are expected,
-and, as a warning, labels holding only 0 and the ignore index (a 0/255 binary mask?).
+unreadable, truncated or oversized images (decompression bombs included), image/label size mismatch,
+label values that are neither a class nor the ignore index (with values and pixel counts), RGB colour
+labels where indices are expected, missing, unreadable or mis-sized instance masks (which `seglab test`
+reads for its object metrics), and, as a warning, labels holding only 0 and the ignore index (a 0/255
+binary mask?).
 `quick_check` is the cheap part (lists and file presence, no decoding) that training runs first.
 """
 
@@ -127,6 +129,7 @@ def check_sample(dataset: SegmentationDataset, index: int) -> list[Finding]:
         label = load_label(dataset, index)
     except BadSampleError as err:
         findings.append(Finding.from_error(err))
+    findings += instance_findings(dataset, index, image)
     if image is not None and label is not None:
         if tuple(label.shape) != tuple(image.shape[1:]):
             findings.append(
@@ -139,6 +142,28 @@ def check_sample(dataset: SegmentationDataset, index: int) -> list[Finding]:
             )
         findings += binary_mask_warning(label, str(sample.label), dataset.ignore_index)
     return findings
+
+
+def instance_findings(dataset: FileDataset, index: int, image: torch.Tensor | None) -> list[Finding]:
+    """Return the faults of sample `index`'s instance mask (where the dataset has instance masks): missing,
+    unreadable, or not the size of its image."""
+    if not dataset.has_instances:
+        return []
+    sample = dataset.samples[index]
+    try:
+        instances = dataset.load_instances(index)
+    except BadSampleError as err:
+        return [Finding.from_error(err)]
+    if image is not None and tuple(instances.shape) != tuple(image.shape[1:]):
+        return [
+            Finding(
+                "instances_size_mismatch",
+                str(sample.instances),
+                f"{sample.instances}: instance mask is {instances.shape[0]}x{instances.shape[1]} (HxW) but image "
+                f"{sample.image.name} is {image.shape[1]}x{image.shape[2]}",
+            )
+        ]
+    return []
 
 
 def binary_mask_warning(label: torch.Tensor, name: str, ignore_index: int) -> list[Finding]:

@@ -2,14 +2,18 @@
 
 The one place seglab decodes pictures (datasets, `seglab predict`, export verification) and writes label
 PNGs. Rules 6 and 7 of docs/reliability.md: decode fully (`img.load()`) inside the guarded region, never
-accept truncated files, refuse images above `MAX_PIXELS`, decode only the formats a dataset uses,
-and read label PNGs as palette indices (no `convert`), rejecting RGB colour labels unless a colour
-map is given.
+accept truncated files, refuse images above `MAX_PIXELS` (and PIL's decompression-bomb warning and error,
+whatever the warning filters), decode only the formats a dataset uses (`PHOTO_FORMATS` for `seglab
+predict`), and read label PNGs as palette indices (no `convert`), rejecting RGB colour labels unless a
+colour map is given. Whatever a decoder raises for a bad file is a `BadSampleError` naming the file.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,12 @@ MAX_PIXELS = 64_000_000
 
 INDEX_MODES = ("P", "L")
 ANY_FORMAT = None
+PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+"""The formats `seglab predict` reads (its IMAGE_SUFFIXES), each decoded by PIL under the same guards."""
+# What PIL's decoders raise for a damaged or hostile file (beyond OSError, which covers most); MemoryError
+# is not here: it is the machine's fault, not the file's.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
+BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def _open(path: Path, formats: tuple[str, ...] | None, role: str) -> Image.Image:
@@ -34,12 +44,16 @@ def _open(path: Path, formats: tuple[str, ...] | None, role: str) -> Image.Image
             "to read datasets with it, since truncated files would load as grey"
         )
     try:
-        img = Image.open(path, formats=formats)
+        with warnings.catch_warnings():  # PIL only warns between its limit and twice its limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=formats)
     except FileNotFoundError as err:
         raise BadSampleError(path, f"{role} file is missing", kind=f"{role}_missing") from err
-    except Image.DecompressionBombError as err:
+    except PermissionError as err:
+        raise BadSampleError(path, f"{role} file cannot be read: permission denied", kind=f"{role}_unreadable") from err
+    except BOMBS as err:
         raise BadSampleError(path, f"{role} is too large to decode safely ({err})", kind=f"{role}_too_large") from err
-    except (OSError, ValueError) as err:
+    except DECODE_ERRORS as err:
         size = path.stat().st_size if path.is_file() else 0
         wanted = f"a {'/'.join(formats)}" if formats else "an image"
         reason = "empty file (0 bytes)" if size == 0 else f"not {wanted} file ({err})"
@@ -51,8 +65,13 @@ def _open(path: Path, formats: tuple[str, ...] | None, role: str) -> Image.Image
             path, f"{role} is {width}x{height}, above the limit of {MAX_PIXELS} pixels", kind=f"{role}_too_large"
         )
     try:
-        img.load()
-    except (OSError, ValueError, SyntaxError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except BOMBS as err:
+        img.close()
+        raise BadSampleError(path, f"{role} is too large to decode safely ({err})", kind=f"{role}_too_large") from err
+    except DECODE_ERRORS as err:
         img.close()
         truncated = "truncated" in str(err).lower() or isinstance(err, EOFError)
         kind = f"{role}_truncated" if truncated else f"{role}_unreadable"
@@ -67,8 +86,11 @@ def read_image(path: Path, formats: tuple[str, ...] | None = ("JPEG",), *, exif:
     cameras and phones, as `seglab predict` reads them; dataset labels are aligned with the stored pixels).
     """
     with _open(Path(path), formats, "image") as img:
-        oriented = ImageOps.exif_transpose(img) if exif else img
-        rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
+        try:
+            oriented = ImageOps.exif_transpose(img) if exif else img
+            rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
+        except DECODE_ERRORS as err:  # a corrupt EXIF block or colour profile
+            raise BadSampleError(path, f"corrupt image metadata: {err}", kind="image_unreadable") from err
         array = np.array(rgb)  # a writable copy: torch tensors must not alias read-only memory
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 

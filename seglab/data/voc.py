@@ -224,21 +224,42 @@ class VOCAug(VocLayout):
 
 
 def read_classes_txt(path: Path) -> tuple[tuple[str, ...], np.ndarray | None]:
-    """Return the class names in `classes.txt` (one per line, `name` or `name R G B`) and their colours."""
+    """Return the class names in `classes.txt` (one per line, `name` or `name R G B`) and their colours.
+
+    A name or a colour given twice is an error naming both lines: a duplicate name would merge two classes
+    in every per-class result, a duplicate colour would make one of the classes impossible to label.
+    """
     if not path.is_file():
         raise DatasetError(
             f"{path} is missing: a folder dataset lists its classes there, one per line in "
             "index order (background first), each optionally followed by its colour `R G B`"
         )
     names, colours = [], []
+    name_lines: dict[str, int] = {}
+    colour_lines: dict[tuple[int, ...], tuple[int, str]] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
         if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts[1:]):
-            colours.append([int(p) for p in parts[1:]])
+            colour = tuple(int(p) for p in parts[1:])
+            if colour in colour_lines:
+                first, other = colour_lines[colour]
+                raise DatasetError(
+                    f"{path}:{number}: class {parts[0]!r} has the colour {' '.join(parts[1:])} of class {other!r} "
+                    f"on line {first}: a label pixel of that colour could not tell them apart; give each class "
+                    "its own colour"
+                )
+            colour_lines[colour] = (number, parts[0])
+            colours.append(list(colour))
         elif len(parts) != 1:
             raise DatasetError(f"{path}:{number}: expected `name` or `name R G B` (0-255), got {line!r}")
+        if parts[0] in name_lines:
+            raise DatasetError(
+                f"{path}:{number}: class name {parts[0]!r} is also on line {name_lines[parts[0]]}: per-class "
+                "results are keyed by name, so one class would vanish from them; give each class its own name"
+            )
+        name_lines[parts[0]] = number
         names.append(parts[0])
     if colours and len(colours) != len(names):
         raise DatasetError(f"{path}: give a colour on every line or on none")

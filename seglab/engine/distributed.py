@@ -39,11 +39,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """Return the device for `--device` (auto: this rank's GPU when CUDA is available, else CPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use cuda, cuda:N, cpu or auto") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: CUDA is not available on this machine; use --device cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        if device.index is None:
+            return torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPUs (cuda:0 ...)")
+    return device
 
 
 def init(device_name: str) -> DistInfo:

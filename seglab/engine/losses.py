@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.errors import ConfigError
+
 
 class SegmentationLoss(nn.Module):
     """Cross-entropy with an ignore index, optional class weights and optional OHEM, computed in fp32."""
@@ -33,7 +35,9 @@ class SegmentationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if class_weights and len(class_weights) != num_classes:
-            raise ValueError(f"--class-weights has {len(class_weights)} values for {num_classes} classes")
+            raise ConfigError(
+                f"--class-weights has {len(class_weights)} values for {num_classes} classes: give one per class"
+            )
         weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         self.register_buffer("weight", weight, persistent=False)
         self.ignore_index = ignore_index

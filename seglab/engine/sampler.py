@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from seglab.errors import ConfigError
+
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """Return the permutation of `num_samples` indices for `epoch` (a function of seed and epoch only)."""
@@ -28,9 +30,15 @@ class TrainBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, num_samples: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} is not divisible by the {world_size} processes")
+            raise ConfigError(
+                f"--batch-size {global_batch} is not divisible by the {world_size} processes: give a multiple of "
+                f"{world_size} (it is the global batch, split across ranks)"
+            )
         if num_samples < global_batch:
-            raise ValueError(f"the training set has {num_samples} samples, fewer than one batch of {global_batch}")
+            raise ConfigError(
+                f"--batch-size {global_batch}: the training set has {num_samples} samples, fewer than one batch; "
+                f"give --batch-size {num_samples} or less"
+            )
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
         self.rank, self.world_size = rank, world_size
         self.local_batch = global_batch // world_size

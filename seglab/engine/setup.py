@@ -1,5 +1,9 @@
-"""Building a training run in named steps: resume point, data, config resolution, network, optimization,
-run folder, restore. `build_run` calls them in that order; `seglab.engine.train` runs the result.
+"""Building a training run in named steps: resume point, data, config resolution, checks, network,
+optimization, run folder, restore. `build_run` calls them in that order; `seglab.engine.train` runs the result.
+
+Everything that can refuse a run (a setting, the data, the resume) is checked before `open_run_folder`, so a
+refused run leaves nothing behind; the run folder is then locked for this trainer before anything in it
+changes (a resumed run's unloadable checkpoints are set aside only then).
 
 A run's state is split by concern (`Network`, `Optimization`, `Data`, `Progress`), so that each loop function
 takes the parts it uses; `Run` only bundles them with the config, the process's place in DDP, the monitor
@@ -23,23 +27,35 @@ from tqdm import tqdm
 from seglab import config as cfg_mod
 from seglab.config import RESUME_MAY_CHANGE, TrainConfig
 from seglab.data.base import FileDataset, SegmentationDataset, build_dataset
-from seglab.data.check import drop_missing
+from seglab.data.check import drop_missing, load_label
 from seglab.data.loader import AugmentedDataset, Collate, worker_init
 from seglab.data.presets import augment_preset
 from seglab.data.transforms import TrainTransform, mean_fill
 from seglab.engine import checkpoint
 from seglab.engine.distributed import DistInfo
+from seglab.engine.inference import model_stride
 from seglab.engine.losses import SegmentationLoss
 from seglab.engine.monitor import Monitor
 from seglab.engine.sampler import TrainBatchSampler
 from seglab.engine.schedule import build_scheduler
 from seglab.engine.signals import StopFlag
-from seglab.errors import TrainingError
+from seglab.errors import BadSampleError, ConfigError, TrainingError
 from seglab.models import SegmentationModel, build_model
 from seglab.plugins import load_plugins
-from seglab.runs import RunDir, atomic_write, new_run, open_run, remove_temp_files, truncate_metrics
+from seglab.runs import (
+    RunDir,
+    RunLock,
+    atomic_write,
+    lock_run,
+    new_run,
+    open_run,
+    remove_temp_files,
+    truncate_metrics,
+)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+LABEL_SCAN = 64
+"""At most this many training labels are read before a run to refuse labels holding only 0 and the ignore index."""
 
 
 @dataclass
@@ -49,6 +65,7 @@ class Resume:
     run: RunDir
     path: Path
     state: dict
+    unloadable: list[Path] = field(default_factory=list)  # newer checkpoints that did not load
 
     @property
     def stored(self) -> TrainConfig:
@@ -95,6 +112,10 @@ class Progress:
     saved_step: int = -1
     start_step: int = 0
     counters: dict = field(default_factory=lambda: {"window_loss": 0.0, "window_steps": 0, "skipped": 0})
+    # the evaluation a signal cut short at this step ({"eval": "partial" | "final", "record": the step's
+    # record}); a resume runs it before training on, so that no evaluation is lost or logged twice
+    pending: dict = field(default_factory=dict)
+    resave: bool = False  # the checkpoint at `saved_step` lacks settings this resume changed: write it again
     started: float = field(default_factory=time.perf_counter)
     window_start: float = field(default_factory=time.perf_counter)
     bar: tqdm | None = None
@@ -114,6 +135,7 @@ class Run:
     stop: StopFlag
     total: int
     progress: Progress = field(default_factory=Progress)
+    lock: RunLock | None = None  # rank 0's claim on the run folder, released when the loop ends
 
     @property
     def steps_per_epoch(self) -> int:
@@ -132,8 +154,8 @@ def find_resume(cfg: TrainConfig) -> Resume | None:
     if not cfg.resume:
         return None
     run = open_run(cfg.resume)
-    path, state = checkpoint.find_resumable(run.checkpoints, report=lambda text: print(text, file=sys.stderr))
-    return Resume(run, path, state)
+    found = checkpoint.find_resumable(run.checkpoints, report=lambda text: print(text, file=sys.stderr))
+    return Resume(run, found.path, found.state, found.unloadable)
 
 
 def load_data(cfg: TrainConfig, notes: list[str]) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -169,6 +191,92 @@ def check_resume(resume: Resume, resolved: TrainConfig) -> None:
         raise TrainingError(
             f"cannot resume {resume.run.path}: these settings differ from its checkpoint "
             f"{resume.path.name}: " + "; ".join(changed)
+        )
+
+
+def check_resume_fits(resume: Resume, train_set: SegmentationDataset, info: DistInfo) -> None:
+    """Refuse a resume whose training set or process count differs from the checkpoint's (the data order
+    and the per-rank RNG states would not continue exactly)."""
+    state, where = resume.state, str(resume.path)
+    if state["dataset"]["num_train"] != len(train_set):
+        raise TrainingError(
+            f"cannot resume from {where}: the training set had {state['dataset']['num_train']} "
+            f"samples, now {len(train_set)}"
+        )
+    if len(state["rng"]) != info.world_size:
+        raise TrainingError(
+            f"cannot resume from {where}: it was written by {len(state['rng'])} processes, "
+            f"this run has {info.world_size}; exact resume needs the same number"
+        )
+
+
+def check_runargs(resume: Resume, explicit: dict) -> None:
+    """Refuse a resume when runargs.yaml was edited: a resume takes its settings from the checkpoint and the
+    flags given, so the edit would be silently overwritten; say how to apply a change with flags instead."""
+    runargs = resume.run.runargs
+    written = cfg_mod.to_dict(cfg_mod.from_dict(TrainConfig, resume.run.read_runargs(), str(runargs)))
+    stored = cfg_mod.to_dict(resume.stored)
+    edited = [k for k in stored if k not in explicit and k != "resume" and written[k] != stored[k]]
+    if not edited:
+        return
+    listed = "; ".join(f"{k}: {stored[k]!r} in the checkpoint, {written[k]!r} in runargs.yaml" for k in edited)
+    may = [k for k in edited if k in RESUME_MAY_CHANGE]
+    fixed = [k for k in edited if k not in RESUME_MAY_CHANGE]
+    hints = []
+    if may:
+        flags = " ".join(cfg_mod.as_flags(k, written[k]) for k in may)
+        hints.append(f"to apply the change, pass it as flags: seglab train --resume {resume.run.path} {flags}")
+    if fixed:
+        hints.append(
+            f"{', '.join(fixed)} cannot change on resume: start a new run with "
+            f"`seglab train --config {runargs} --run-name NEW_NAME`"
+        )
+    raise TrainingError(
+        f"cannot resume {resume.run.path}: its {runargs.name} was edited, but a resume takes its settings from "
+        f"the checkpoint {resume.path.name} and the flags given, and would overwrite the edit ({listed}); "
+        f"{'; '.join(hints)}; or restore {runargs.name}"
+    )
+
+
+def check_labels(cfg: TrainConfig, train_set: SegmentationDataset) -> None:
+    """Refuse training labels that hold only 0 and the ignore index (the foreground of a binary mask saved
+    as 0/255 would be ignored, not learned), unless --allow-ignore-only-labels.
+
+    Labels are read in a seeded random order until one holds a class other than 0, at most LABEL_SCAN of
+    them; unreadable ones are left to the loader, which reports them.
+    """
+    ignore = train_set.ignore_index
+    if cfg.allow_ignore_only_labels or train_set.num_classes < 2 or ignore == 0:
+        return
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:LABEL_SCAN]
+    seen: set[int] = set()
+    checked = []
+    for index in order.tolist():
+        try:
+            values = set(torch.unique(load_label(train_set, index)).tolist())
+        except BadSampleError:
+            continue
+        if values - {0, ignore}:
+            return
+        seen |= values
+        checked.append(train_set.sample_id(index))
+    if seen == {0, ignore}:
+        raise TrainingError(
+            f"{train_set.describe()}: the {len(checked)} labels read (e.g. {', '.join(checked[:3])}) hold only "
+            f"0 and the ignore index {ignore}: a binary mask saved as 0/{ignore}? Its foreground would be ignored, "
+            f"not learned. Store the foreground as class 1 (e.g. label // {ignore}), or pass "
+            "--allow-ignore-only-labels if the ignored pixels are meant to be ignored"
+        )
+
+
+def check_crop(cfg: TrainConfig, raw: SegmentationModel) -> None:
+    """Refuse a training crop smaller than the network's stride (its deepest features would be one pixel
+    wide or less)."""
+    stride = model_stride(raw)
+    if min(cfg.crop) < stride:
+        raise ConfigError(
+            f"--crop {' '.join(map(str, cfg.crop))} is smaller than the network's stride {stride} (basenet "
+            f"{cfg.basenet!r} at --output-stride {cfg.output_stride}): give --crop {stride} or more"
         )
 
 
@@ -271,40 +379,49 @@ def build_data(
     return Data(train_set, val_data, loader, sampler)
 
 
-def open_run_folder(cfg: TrainConfig, info: DistInfo, resume: Resume | None) -> RunDir | None:
-    """Return the run folder (rank 0 only): the resumed one, cut back to its checkpoint, or a new one; write
-    runargs.yaml."""
+def open_run_folder(
+    cfg: TrainConfig, info: DistInfo, resume: Resume | None, notes: list[str]
+) -> tuple[RunDir | None, RunLock | None]:
+    """Return the run folder and this trainer's lock on it (rank 0 only): the resumed one, locked, its
+    unloadable checkpoints set aside and cut back to its checkpoint, or a new one; write runargs.yaml."""
     if not info.is_main:
-        return None
+        return None, None
     folder = resume.run if resume is not None else new_run(cfg.runs_root, cfg.basenet, cfg.decoder, cfg.run_name)
+    lock = lock_run(folder)
+    if lock.stale:
+        notes.append(f"took over {lock.path.name} from a trainer that is gone ({lock.stale})")
     print(f"run folder: {folder.path}", flush=True)
+    if resume is not None:
+        notes += checkpoint.heal(folder.checkpoints, resume.path, resume.unloadable)
     atomic_write(folder.runargs, cfg_mod.to_yaml(cfg))
     if resume is not None:
         truncate_metrics(folder.metrics, resume.state["step"])
         remove_temp_files(folder.checkpoints)
-    return folder
+    return folder, lock
 
 
 def restore(run: Run, resume: Resume) -> None:
-    """Load model, optimizer, scheduler, scaler, counters and this rank's RNG state from a checkpoint."""
+    """Load model, optimizer, scheduler, scaler, counters, a pending evaluation and this rank's RNG state
+    from a checkpoint (`check_resume_fits` has checked that they fit)."""
     state, where = resume.state, str(resume.path)
-    if state["dataset"]["num_train"] != len(run.data.train_set):
+    checkpoint.load_weights(run.net.raw, state["model"], where)
+    try:
+        run.opt.optimizer.load_state_dict(state["optimizer"])
+        run.opt.scheduler.load_state_dict(state["scheduler"])
+        run.opt.scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise TrainingError(
-            f"cannot resume from {where}: the training set had {state['dataset']['num_train']} "
-            f"samples, now {len(run.data.train_set)}"
-        )
-    if len(state["rng"]) != run.info.world_size:
-        raise TrainingError(
-            f"cannot resume from {where}: it was written by {len(state['rng'])} processes, "
-            f"this run has {run.info.world_size}; exact resume needs the same number"
-        )
-    run.net.raw.load_state_dict(state["model"])
-    run.opt.optimizer.load_state_dict(state["optimizer"])
-    run.opt.scheduler.load_state_dict(state["scheduler"])
-    run.opt.scaler.load_state_dict(state["scaler"])
-    run.progress.counters = dict(state["counters"])
+            f"checkpoint {where}: its optimizer, scheduler or scaler state does not fit this run "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    run.progress.counters = {**run.progress.counters, **state["counters"]}
+    run.progress.pending = dict(state["pending"])
     run.progress.step = run.progress.saved_step = run.progress.start_step = state["step"]
-    checkpoint.set_rng_state(state["rng"][run.info.rank], where)
+    # so that the checkpoint (which `seglab test` and the next resume read) records what the flags changed
+    run.progress.resave = cfg_mod.to_dict(run.cfg) != cfg_mod.to_dict(resume.stored)
+    note = checkpoint.set_rng_state(state["rng"][run.info.rank], where)
+    if note:
+        run.monitor.message(note)
 
 
 def build_run(cfg: TrainConfig, explicit: dict, info: DistInfo, resume: Resume | None, stop: StopFlag) -> Run:
@@ -319,15 +436,19 @@ def build_run(cfg: TrainConfig, explicit: dict, info: DistInfo, resume: Resume |
     cfg = resolve(cfg, train_set, info.device)
     if resume is not None:
         check_resume(resume, cfg)
+        check_resume_fits(resume, train_set, info)
+        check_runargs(resume, explicit)
+    check_labels(cfg, train_set)
     # runargs.yaml and checkpoints hold no `resume`, so that `--config runargs.yaml` starts a new run.
     cfg = dataclasses.replace(cfg, resume="")
     raw = build_network(cfg, info, restoring=resume is not None)
+    check_crop(cfg, raw)
     data = build_data(cfg, info, train_set, val_set, raw)
     total = cfg.iters or cfg.epochs * data.sampler.steps_per_epoch
     opt = build_optimization(cfg, raw, total, info, train_set.ignore_index)
-    folder = open_run_folder(cfg, info, resume)
+    folder, lock = open_run_folder(cfg, info, resume, notes)
     monitor = Monitor(folder, info.is_main, purge_step=resume.state["step"] + 1 if resume else None)
-    run = Run(cfg, info, Network(raw, raw, cfg.channels_last), opt, data, folder, monitor, stop, total)
+    run = Run(cfg, info, Network(raw, raw, cfg.channels_last), opt, data, folder, monitor, stop, total, lock=lock)
     if resume is not None:
         restore(run, resume)
         monitor.message(f"resumed from {resume.path} at step {run.progress.step}")

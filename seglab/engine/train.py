@@ -3,8 +3,11 @@
 
 A step is identified by the number of optimizer steps done. After step s: log (every --log-every),
 partial-val mIoU (every --eval-every), then the checkpoint (every --ckpt-every, and when stopping).
-SIGTERM/SIGINT only set a flag; the loop sees it at the next step boundary (or between eval batches),
-saves `last` and exits with 128 + the signal number. Launch with `torchrun` for DDP.
+SIGTERM/SIGINT only set a flag; the loop sees it at the next step boundary (or between eval batches, or
+right after a checkpoint write), saves `last` and exits with 128 + the signal number unless the run's work,
+its final evaluation included, is done. An evaluation a signal cut short (or that was due at the step the
+signal stopped) is pending in the checkpoint, with its step's record: a resume runs it first, so the resumed
+run's metrics equal an uninterrupted run's. Launch with `torchrun` for DDP.
 """
 
 from __future__ import annotations
@@ -65,22 +68,28 @@ def train(cfg: TrainConfig, explicit: dict | None = None) -> int:
 
 
 def train_loop(run: Run) -> int:
-    """Train from the run's step to its last; save; return 0, or 128 + the signal number when stopped."""
+    """Train from the run's step to its last; save; return 0 when all of the run's work (its final evaluation
+    included) is done, else (stopped by a signal) 128 + the signal number."""
     info, progress, sampler = run.info, run.progress, run.data.sampler
     stopped = distributed.any_rank(run.stop.signum != 0, info.device)
     progress.bar = tqdm(
         total=run.total, initial=progress.step, desc="train", dynamic_ncols=True, disable=None if info.is_main else True
     )
     try:
+        if progress.resave:
+            save(run)
+        if progress.pending and not stopped:
+            stopped = finish_pending(run)
         while not stopped and progress.step < run.total:
             sampler.set_position(progress.step // sampler.steps_per_epoch, progress.step % sampler.steps_per_epoch)
             stopped = train_one_epoch(run, run.data.loader)
         save(run)
-        if stopped and progress.step < run.total:
+        if progress.step < run.total or progress.pending:
             name = signal.Signals(run.stop.signum).name if run.stop.signum else "a signal to another rank"
             where = run.folder.path if run.folder is not None else "RUN_DIR"
+            during = f" (its {progress.pending['eval']} evaluation is pending)" if progress.pending else ""
             run.monitor.message(
-                f"stopped by {name} at step {progress.step}; checkpoint saved; continue with: "
+                f"stopped by {name} at step {progress.step}{during}; checkpoint saved; continue with: "
                 f"seglab train --resume {where}"
             )
             return 128 + (run.stop.signum or signal.SIGTERM)
@@ -93,6 +102,8 @@ def train_loop(run: Run) -> int:
     finally:
         progress.bar.close()
         run.monitor.close()
+        if run.lock is not None:
+            run.lock.release()
 
 
 def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
@@ -110,8 +121,9 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
                 f"stopped; its last good checkpoint is step {progress.saved_step}. Lower --learnrate, or try "
                 f"--amp bf16/off."
             )
-        for item in batch["skipped"]:
-            run.monitor.message(f"step {progress.step}: skipped {item['path']}: {item['reason']}")
+        if outcome.skipped:  # the count is summed over ranks, so every rank takes part in the gather
+            for item in skipped_on_every_rank(batch):
+                run.monitor.message(f"step {progress.step}: skipped {item['path']}: {item['reason']}")
         progress.counters["skipped"] += outcome.skipped
         progress.counters["window_loss"] += outcome.loss
         progress.counters["window_steps"] += 1
@@ -134,33 +146,65 @@ class StepOutcome:
     skipped: int
 
 
+def skipped_on_every_rank(batch: dict) -> list[dict]:
+    """Return the skipped samples of this step's global batch (a collective: every rank must call it)."""
+    return [item for items in distributed.gather_objects(batch["skipped"]) for item in items]
+
+
+def step_inputs(net: Network, batch: dict) -> tuple[Tensor, Tensor]:
+    """Return (images, labels) of this rank's share of the batch; a share whose samples were all skipped is
+    an empty batch of the network's stride size, which still runs forward and backward so that this rank
+    takes part in DDP's collectives (it adds no loss and zero gradients)."""
+    if len(batch["index"]):
+        return batch["image"], batch["label"]
+    size = model_stride(net.raw)
+    return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros((0, size, size), dtype=torch.uint8)
+
+
 def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, info: DistInfo, step: int) -> StepOutcome:
-    """Do optimizer step `step + 1` on `batch`."""
+    """Do optimizer step `step + 1` on `batch` (this rank's share of the global batch)."""
     device = info.device
-    if len(batch["index"]) == 0:
-        bad = "; ".join(f"{item['path']}: {item['reason']}" for item in batch["skipped"])
-        raise TrainingError(
-            f"step {step + 1}: every sample of the batch was skipped ({bad}); "
-            "run `seglab data check` and fix or remove these files"
-        )
-    images = batch["image"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
+    images, labels = step_inputs(net, batch)
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
     x = net.raw.normalize(images)
     if net.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
-        logits = net.model(x)
-    loss_sum, norm = opt.loss_fn(logits, labels)  # fp32, outside autocast
-    # One all-reduce carries the loss, its normalizer, the stop flag and the skipped-sample count.
+    try:
+        with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
+            logits = net.model(x)
+        loss_sum, norm = opt.loss_fn(logits, labels)  # fp32, outside autocast
+        failed = False
+    except ValueError as err:  # BatchNorm on one value per channel: told to every rank below, not raised alone
+        if "Expected more than 1 value per channel" not in str(err):
+            raise
+        failed, loss_sum, norm = True, torch.zeros((), device=device), torch.zeros((), device=device)
+    # One all-reduce carries the loss, its normalizer, the stop flag, the skipped and used sample counts and
+    # whether a rank failed; every rank then decides alike (a rank raising alone would leave the others waiting).
     totals = torch.stack(
         [
             loss_sum.detach(),
             norm,
             torch.tensor(float(stop.signum != 0), device=device),
             torch.tensor(float(len(batch["skipped"])), device=device),
+            torch.tensor(float(len(batch["index"])), device=device),
+            torch.tensor(float(failed), device=device),
         ]
     )
     distributed.all_reduce_sum(totals)
+    loss_total, norm_total, stop_total, skipped, used, failures = totals.tolist()
+    if used == 0:
+        bad = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped_on_every_rank(batch))
+        raise TrainingError(
+            f"step {step + 1}: every sample of the batch was skipped ({bad}); "
+            "run `seglab data check` and fix or remove these files"
+        )
+    if failures:
+        raise TrainingError(
+            f"step {step + 1}: a BatchNorm layer got a single value per channel (one sample with 1x1 features on "
+            f"a process; the step used {int(used)} samples on {info.world_size} processes, {int(skipped)} skipped), "
+            "which BatchNorm cannot normalize while training; use a larger --batch-size or --crop, or --freeze-bn"
+        )
     global_norm = totals[1].clamp(min=1.0)
     loss = loss_sum * info.world_size / global_norm  # DDP averages gradients over ranks
     opt.optimizer.zero_grad(set_to_none=True)
@@ -168,40 +212,74 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
-    loss_total, norm_total, stop_total, skipped = totals.tolist()
     return StepOutcome(loss_total / max(norm_total, 1.0), stop_total > 0, int(skipped))
 
 
 def after_step(run: Run, stopping: bool) -> bool:
-    """Log, evaluate and checkpoint as due after a step; return True when the run must stop now."""
+    """Log, evaluate and checkpoint as due after a step; return True when the run must stop now.
+
+    When a signal came during the step (`stopping`), the evaluation due at it is not started but left
+    pending, as is one a signal cuts short; the step's record waits with it.
+    """
     cfg, step = run.cfg, run.progress.step
-    final = step >= run.total
-    eval_due = cfg.eval_every > 0 and step % cfg.eval_every == 0 and not final and not stopping
-    record = None
-    if eval_due or final or step % cfg.log_every == 0:
+    due = due_evaluation(run)
+    if due or step % cfg.log_every == 0:
         record = log_record(run)
-    if eval_due:
-        indices = partial_subset(len(run.data.val_data), cfg.eval_fraction, cfg.seed, step)
-        cm = validate_run(run, indices, desc=f"partial val @{step}")
-        if cm is None:
+        if stopping and due:
+            run.progress.pending = {"eval": due, "record": record}
+        elif not evaluate_and_record(run, due, record):
             stopping = True
-        else:
-            record.update(val_record(run, cm, "val_miou_partial"))
-            add_overlays(run, indices[:NUM_OVERLAYS])
-    if final and not stopping:
-        cm = validate_run(run, range(len(run.data.val_data)), desc="val")
-        if cm is None:
-            stopping = True
-        else:
-            record.update(val_record(run, cm, "val_miou"))
-            add_overlays(run, list(range(min(NUM_OVERLAYS, len(run.data.val_data)))))
-    if record is not None:
-        run.monitor.record(record, run.total, eta_s=eta(run))
-    if record is not None and "val_miou" in record:
-        run.monitor.message(final_summary(record))
-    if stopping or final or step % cfg.ckpt_every == 0 or (cfg.keep > 0 and step % cfg.keep == 0):
+    if stopping or step >= run.total or step % cfg.ckpt_every == 0 or (cfg.keep > 0 and step % cfg.keep == 0):
         save(run)
+        stopping = stopping or signalled_during_save(run)
     return stopping
+
+
+def due_evaluation(run: Run) -> str:
+    """Return the evaluation due after the current step: "final" (the last step), "partial" or ""."""
+    step = run.progress.step
+    if step >= run.total:
+        return "final"
+    return "partial" if run.cfg.eval_every > 0 and step % run.cfg.eval_every == 0 else ""
+
+
+def evaluate_and_record(run: Run, kind: str, record: dict) -> bool:
+    """Run the `kind` evaluation ("partial", "final" or "": none) of the current step into `record` and write
+    the record; return False, writing nothing, when a signal cut the evaluation short (it is then pending)."""
+    step, val = run.progress.step, run.data.val_data
+    if kind:
+        final = kind == "final"
+        indices = (
+            list(range(len(val))) if final else partial_subset(len(val), run.cfg.eval_fraction, run.cfg.seed, step)
+        )
+        cm = validate_run(run, indices, desc="val" if final else f"partial val @{step}")
+        if cm is None:
+            run.progress.pending = {"eval": kind, "record": record}
+            return False
+        record.update(val_record(run, cm, "val_miou" if final else "val_miou_partial"))
+        add_overlays(run, indices[:NUM_OVERLAYS])
+    run.progress.pending = {}
+    run.monitor.record(record, run.total, eta_s=eta(run))
+    if "val_miou" in record:
+        run.monitor.message(final_summary(record))
+    return True
+
+
+def finish_pending(run: Run) -> bool:
+    """Run the evaluation pending at a resumed run's step, write its record and save; return True when a
+    signal stops the run again."""
+    pending = run.progress.pending
+    run.monitor.message(f"step {run.progress.step}: running the {pending['eval']} evaluation a signal cut short")
+    if not evaluate_and_record(run, pending["eval"], dict(pending["record"])):
+        return True
+    save(run, force=True)
+    return signalled_during_save(run)
+
+
+def signalled_during_save(run: Run) -> bool:
+    """Return True when a signal reached any rank since the step's all-reduce (during its evaluation's
+    logging or the checkpoint write): the run then stops at this saved step rather than one step later."""
+    return distributed.any_rank(run.stop.signum != 0, run.info.device)
 
 
 def log_record(run: Run) -> dict:
@@ -287,10 +365,11 @@ def add_overlays(run: Run, indices: list[int]) -> None:
     run.monitor.images("val/overlay", panels, run.progress.step)
 
 
-def save(run: Run) -> None:
-    """Write the checkpoint of the current step (rank 0 writes; every rank contributes its RNG state)."""
+def save(run: Run, force: bool = False) -> None:
+    """Write the checkpoint of the current step (rank 0 writes; every rank contributes its RNG state); once
+    per step unless `force` (a pending evaluation was finished)."""
     progress, raw = run.progress, run.net.raw
-    if progress.saved_step == progress.step:
+    if progress.saved_step == progress.step and not (force or progress.resave):
         return
     bad = [name for name, p in raw.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
@@ -313,6 +392,7 @@ def save(run: Run) -> None:
             "rng": rngs,
             "config": cfg_mod.to_yaml(run.cfg),
             "counters": dict(progress.counters),
+            "pending": dict(progress.pending),
             "dataset": {
                 "class_names": list(train_set.classes),
                 "ignore_index": train_set.ignore_index,
@@ -320,4 +400,4 @@ def save(run: Run) -> None:
             },
         }
         checkpoint.save_checkpoint(state, run.folder.checkpoints, progress.step, run.cfg.keep)
-    progress.saved_step = progress.step
+    progress.saved_step, progress.resave = progress.step, False

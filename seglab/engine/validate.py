@@ -34,19 +34,19 @@ def validate(
     """Return the int64 confusion matrix of `model` (a SegmentationModel) over `loader`, summed over ranks.
 
     Returns None on every rank when `stop` was signalled on any rank. Each rank must see a disjoint
-    share of the samples (`ShardSampler`), so 1 or w processes give the same matrix.
+    share of the samples (`ShardSampler`), so 1 or w processes give the same matrix. Skipped samples of
+    every rank are reported (through rank 0's `report`) once the ranks are done.
     """
     num_classes = model.num_classes
     multiple = model_stride(model)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    interrupted = False
+    interrupted, skipped = False, []
     model.eval()
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if show else True):
         if stop is not None and stop.signum:
             interrupted = True
             break
-        for item in batch["skipped"]:
-            report(f"{desc}: skipped {item['path']}: {item['reason']}")
+        skipped += batch["skipped"]
         if len(batch["index"]) == 0:
             continue
         images = batch["image"].to(device, non_blocking=True)
@@ -55,4 +55,6 @@ def validate(
             logits = whole_image(model, model.normalize(images), multiple)
         cm += confusion_matrix(logits.argmax(1), labels, num_classes, ignore_index)
     distributed.all_reduce_sum(cm)
+    for item in (item for items in distributed.gather_objects(skipped) for item in items):
+        report(f"{desc}: skipped {item['path']}: {item['reason']}")
     return None if distributed.any_rank(interrupted, device) else cm.cpu()

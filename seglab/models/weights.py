@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,19 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, SafetensorError, ValueError, pickle.UnpicklingError) as err:
-        # a torn file, not a checkpoint, or a pickle that weights_only refuses
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        SafetensorError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as err:  # a torn file, not a checkpoint, or a pickle that weights_only refuses (what torch.load raises)
         raise CheckpointError(
             f"pretrained weights {path} cannot be loaded: {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}"
@@ -152,7 +164,13 @@ def resolve_pretrained(basenet: Basenet, value: str) -> tuple[dict[str, Tensor],
         path = getattr(module, class_name).get_model_file_path()
         return read_state_dict(path), f"package {module_name} ({path})"
     if value.startswith("timm:"):
-        model = timm.create_model(value.removeprefix("timm:"), pretrained=True)
+        name = value.removeprefix("timm:")
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except RuntimeError as err:  # timm's "Unknown model (...)", or no weights for it
+            raise ConfigError(f"--pretrained {value}: {err}; see timm.list_models(pretrained=True)") from None
+        except OSError as err:  # no network, or the hub refused
+            raise ConfigError(f"--pretrained {value}: the weights cannot be downloaded ({err})") from None
         return model.state_dict(), value
     if value.startswith("torchvision:"):
         if spec.torchvision_arch is None:
@@ -160,8 +178,17 @@ def resolve_pretrained(basenet: Basenet, value: str) -> tuple[dict[str, Tensor],
                 f"--pretrained {value}: basenet {basenet.name!r} is not a torchvision model; "
                 f"use {spec.hub_weights()}, package, or a file"
             )
-        weights = torchvision.models.get_model_weights(spec.torchvision_arch)[value.removeprefix("torchvision:")]
-        return weights.get_state_dict(progress=True), value
+        enum = torchvision.models.get_model_weights(spec.torchvision_arch)
+        name = value.removeprefix("torchvision:")
+        if name not in enum.__members__:
+            raise ConfigError(
+                f"--pretrained {value}: torchvision has no weights {name!r} for {spec.torchvision_arch}; it has "
+                f"{', '.join(enum.__members__)}"
+            )
+        try:
+            return enum[name].get_state_dict(progress=True), value
+        except OSError as err:
+            raise ConfigError(f"--pretrained {value}: the weights cannot be downloaded ({err})") from None
     return read_state_dict(value), str(value)
 
 

@@ -18,7 +18,7 @@ from scipy.stats import t as student_t
 from seglab import tables
 from seglab.bench import write_csv
 from seglab.report import html_page, png, png_uri
-from seglab.runs import atomic_write
+from seglab.runs import atomic_write, ensure_dir
 from seglab.study.plan import Cell
 from seglab.study.predictors import PREDICTORS, answer, rho_text
 
@@ -424,7 +424,7 @@ def report_markdown(context: dict, figures: dict[str, str]) -> str:
 
 def write_outputs(context: dict, out: Path) -> dict[str, Path]:
     """Write results.csv, cells.csv, results.md, variance.json, predictors.json, the plots and the report."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "--out")
     write_csv(context["rows"], out / "results.csv")
     write_csv(context["cell_rows"], out / "cells.csv")
     atomic_write(out / "variance.json", json.dumps(context["variance"], indent=2) + "\n")
