@@ -1,7 +1,8 @@
 """Crash-safe checkpoints: complete state, atomic writes, new-before-old pruning, `weights_only` loading.
 
 Layout of ``<run>/checkpoints/`` (the run store, `seglab.runs`, names the files): ``step_0000100.pt`` files
-and ``last.pt``, a hard link to the newest one. A write goes to a temp file in the same directory, is
+and ``last.pt``, a hard link to the newest one (``best.pt``, with `--keep-best`, links the step of the
+best full-val mIoU). A write goes to a temp file in the same directory, is
 fsynced and renamed, then the directory is fsynced; only then is ``last.pt`` moved and are older files
 pruned, keeping the newest two and every ``--keep`` multiple. A kill at any moment therefore leaves the
 previous complete checkpoint in place. Checkpoints hold plain data only (tensors, numbers, strings), so
@@ -28,6 +29,7 @@ from seglab.config import TrainConfig, from_dict
 from seglab.errors import CheckpointError
 from seglab.models import SegmentationModel, build_model
 from seglab.runs import (
+    BEST,
     LAST,
     Hook,
     RunDir,
@@ -59,9 +61,9 @@ REQUIRED = (
 RNG_KEYS = ("python", "numpy", "torch", "cuda")
 
 
-def _point_last(ckpt_dir: Path, target: Path) -> None:
-    """Make last.pt the same file as `target` (hard link; a copy where links are not supported)."""
-    last = ckpt_dir / LAST
+def _point_last(ckpt_dir: Path, target: Path, name: str = LAST) -> None:
+    """Make last.pt (or `name`) the same file as `target` (hard link; a copy where links are not supported)."""
+    last = ckpt_dir / name
     temp = temp_path(last)
     temp.unlink(missing_ok=True)
     try:
@@ -91,6 +93,13 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_every: int, hoo
             old_path.unlink()
     remove_temp_files(ckpt_dir)
     return path
+
+
+def keep_best(ckpt_dir: Path, target: Path) -> Path:
+    """Make best.pt the same file as the checkpoint `target` (already written), atomically; pruning the step
+    file later leaves best.pt, a link of its own."""
+    _point_last(ckpt_dir, target, BEST)
+    return ckpt_dir / BEST
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -191,9 +200,18 @@ def config_of(state: dict, where: str) -> TrainConfig:
     return from_dict(TrainConfig, yaml.safe_load(state["config"]), where)
 
 
+def model_weights(state: dict, ema: bool = True) -> tuple[dict, str]:
+    """Return (state dict, "ema" or "model"): a checkpoint's EMA weights when it has them and `ema`, else
+    the trained weights."""
+    if ema and isinstance(state.get("ema"), dict):
+        return state["ema"]["model"], "ema"
+    return state["model"], "model"
+
+
 @dataclass
 class LoadedRun:
-    """A model rebuilt from a checkpoint, with what the run knew: config, step, classes, where it came from."""
+    """A model rebuilt from a checkpoint, with what the run knew: config, step, classes, where it came from,
+    and which weights were loaded ("model": trained, "ema": their moving average)."""
 
     model: SegmentationModel
     config: TrainConfig
@@ -201,6 +219,7 @@ class LoadedRun:
     class_names: list[str]
     ignore_index: int
     target: Target
+    weights: str = "model"
 
     @property
     def run(self) -> RunDir | None:
@@ -208,11 +227,12 @@ class LoadedRun:
         return self.target.run
 
 
-def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path | Target, device: str | torch.device = "cpu", ema: bool = False) -> LoadedRun:
     """Return the model (eval mode, on `device`) and facts of a run folder (its last.pt) or a checkpoint file.
 
     The plugin modules the run was trained with are imported first, so a decoder or basenet that lives
-    outside seglab is rebuilt like a built-in one.
+    outside seglab is rebuilt like a built-in one. With `ema`, a checkpoint's EMA weights are loaded where
+    it has them (`LoadedRun.weights` says which).
     """
     target = path if isinstance(path, Target) else resolve_target(path)
     state = read_checkpoint(target.checkpoint, device)
@@ -227,7 +247,8 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
         pretrained=None,
         **config.decoder_options,
     )
-    model.load_state_dict(state["model"])
+    weights, kind = model_weights(state, ema)
+    model.load_state_dict(weights)
     model.to(device).eval()
     return LoadedRun(
         model,
@@ -236,4 +257,5 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
         list(state["dataset"]["class_names"]),
         int(state["dataset"]["ignore_index"]),
         target,
+        kind,
     )
