@@ -267,8 +267,8 @@ class TrainConfig:
     )
     class_map: list[str] = option(
         [],
-        "with --init-from: OLD=NEW class pairs (names or indices) whose classifier weights carry over; "
-        "default: the classes with the same name",
+        "with --init-from: classes of the same name keep their classifier weights; OLD=NEW pairs (names or "
+        "indices) carry other ones over (or override a name match)",
         metavar="OLD=NEW",
     )
     # data

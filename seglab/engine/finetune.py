@@ -5,9 +5,10 @@ classifier layers) are remapped class by class.
 Which tensors those are, and along which dimensions, is found by building the decoder a second time on the
 meta device with one class more: every entry whose shape changes is a class layer and the dimensions that
 change are its class dimensions (a 1x1 score conv has one, FCN's class-to-class deconvolution two). So any
-decoder, plugins included, is handled without a list of layer names. Classes are paired by `--class-map
-OLD=NEW` or, by default, by name; a paired class keeps its weights, every other one keeps the fresh
-initialization the new model was built with. Nothing of the source's optimizer, schedule or step is carried.
+decoder, plugins included, is handled without a list of layer names. Classes are paired by name, and by
+`--class-map OLD=NEW` (which adds pairs or overrides a name match); a paired class keeps its weights, every
+other one keeps the fresh initialization the new model was built with. Nothing of the source's optimizer,
+schedule or step is carried.
 """
 
 from __future__ import annotations
@@ -83,19 +84,18 @@ def _class_index(token: str, names: list[str], which: str) -> int:
 
 
 def class_pairs(old: list[str], new: list[str], class_map: list[str]) -> list[tuple[int, int]]:
-    """Return (old index, new index) of the classes whose weights carry over: `class_map` (OLD=NEW names or
-    indices) when given, else every class name both lists share."""
-    if not class_map:
-        return [(old.index(name), j) for j, name in enumerate(new) if name in old]
-    pairs, seen = [], {}
+    """Return (old index, new index) of the classes whose weights carry over: every class name both lists
+    share, plus the `class_map` pairs (OLD=NEW, names or indices), which also override a name match."""
+    chosen = {j: old.index(name) for j, name in enumerate(new) if name in old}
+    mapped: dict[int, str] = {}
     for item in class_map:
-        left, _, right = item.partition("=")
-        i, j = _class_index(left.strip(), old, "source run's"), _class_index(right.strip(), new, "dataset's")
-        if j in seen:
-            raise ConfigError(f"--class-map maps both {seen[j]!r} and {left!r} to {new[j]!r}: give one source class")
-        seen[j] = left
-        pairs.append((i, j))
-    return sorted(pairs, key=lambda pair: pair[1])
+        left, _, right = (part.strip() for part in item.partition("="))
+        i, j = _class_index(left, old, "source run's"), _class_index(right, new, "dataset's")
+        if j in mapped:
+            raise ConfigError(f"--class-map maps both {mapped[j]!r} and {left!r} to {new[j]!r}: give one source class")
+        mapped[j] = left
+        chosen[j] = i
+    return sorted(((i, j) for j, i in chosen.items()), key=lambda pair: pair[1])
 
 
 def class_dims(model: SegmentationModel, cfg: TrainConfig) -> dict[str, list[int]]:

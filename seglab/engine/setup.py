@@ -484,8 +484,9 @@ def build_run(cfg: TrainConfig, explicit: dict, info: DistInfo, resume: Resume |
     set_train_mode(raw, cfg.freeze_bn, frozen)
     run.net.model = wrap(cfg, info, raw)
     monitor.message(describe_groups(cfg, opt.optimizer))
+    passes = f" in {cfg.accumulate} passes of {cfg.batch_size // cfg.accumulate}" if cfg.accumulate > 1 else ""
     monitor.message(
-        f"{train_set.describe()}; {total} steps of {cfg.batch_size} images "
+        f"{train_set.describe()}; {total} steps of {cfg.batch_size} images{passes} "
         f"({data.sampler.steps_per_epoch} per epoch) on {info.world_size} x {info.device}"
     )
     return run

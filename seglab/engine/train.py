@@ -163,7 +163,7 @@ def unfreeze_if_due(run: Run) -> None:
     run.net.model = raw
     gc.collect()  # the old DDP wrapper's reducer must be gone before a new one hooks the same parameters
     run.net.model = wrap(run.cfg, run.info, raw)
-    run.monitor.message(f"step {run.progress.step}: the basenet trains from the next step on (--unfreeze-at)")
+    run.monitor.message(f"after step {run.progress.step} the basenet trains too (--unfreeze-at {run.cfg.unfreeze_at})")
 
 
 def sync_gradients(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
