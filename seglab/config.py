@@ -496,6 +496,9 @@ class TestConfig(InferenceOptions):
     amp: str = option(
         "auto", "mixed precision of inference; auto: bf16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off")
     )
+    channels_last: bool = option(
+        False, "run the model channels-last (often faster on CPUs; logits may differ in the last bits)"
+    )
     ema: bool = option(True, "evaluate a checkpoint's EMA weights when it has them (--no-ema: the trained weights)")
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 

@@ -124,6 +124,8 @@ def _test(cfg: TestConfig, info: distributed.DistInfo) -> TestOutcome | None:
     spread, summary, result = [], {}, None
     for i, target in enumerate(targets):
         loaded = first if i == 0 else load_run(target, device, ema=cfg.ema)
+        if cfg.channels_last:
+            loaded.model.to(memory_format=torch.channels_last)
         if loaded.weights == "ema":
             _say(
                 info,
@@ -163,7 +165,8 @@ def _test(cfg: TestConfig, info: distributed.DistInfo) -> TestOutcome | None:
         print(
             f"{target.name}: mIoU {100 * entry['miou']:.2f} (95% CI {100 * low:.2f}-{100 * high:.2f}) on "
             f"{len(res.image_ids)} images of {dataset_name} {cfg.split}; {len(res.image_ids) / seconds:.1f} images/s "
-            f"(batch {cfg.batch_size}, amp {amp}, {info.world_size} x {device})"
+            f"(batch {cfg.batch_size}, amp {amp}{', channels-last' if cfg.channels_last else ''}, "
+            f"{info.world_size} x {device})"
         )
     if not info.is_main:
         return None
@@ -178,6 +181,7 @@ def _test(cfg: TestConfig, info: distributed.DistInfo) -> TestOutcome | None:
         "batch_size": cfg.batch_size,
         "pad_batches": cfg.pad_batches,
         "amp": amp,
+        "channels_last": cfg.channels_last,
     }
     out.write(summary, result.arrays())
     html, md = write_report(out.path, summary, gallery_items(dataset, result), dataset.palette)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from seglab import metrics
 from seglab.engine import distributed
-from seglab.engine.inference import predict_logits
+from seglab.engine.inference import predict_classes
 from seglab.errors import ConfigError
 from seglab.runs import COUNTS
 
@@ -200,7 +200,7 @@ def evaluate(
     """Return an EvalResult of `model` on `dataset` (a SegmentationDataset), `batch_size` images at a time.
 
     `limit` evaluates the first N images; `gallery` keeps the predictions of that many images with
-    the lowest per-image mIoU. Inference options are those of `predict_logits`, run under autocast with
+    the lowest per-image mIoU. Inference options are those of `predict_classes`, run under autocast with
     `amp_dtype` (None: fp32). With `world_size` > 1 (torchrun's process group initialized) this process
     evaluates images `rank`, `rank + world_size`, ... and every process returns the whole result.
     """
@@ -222,8 +222,8 @@ def evaluate(
     for batch in batches(loader, batch_size, pad_batches):
         images, labels = stack_images(batch, dataset.ignore_index)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = predict_logits(model, images, scales=scales, flip=flip, window=window, window_step=window_step)
-        pred, target = probs.argmax(1), labels.to(device)
+            pred = predict_classes(model, images, scales=scales, flip=flip, window=window, window_step=window_step)
+        target = labels.to(device)
         same_size = all(s[1].shape == batch[0][1].shape for s in batch)
         # A padded batch is scored image by image at each image's own size (boundary bands depend on it).
         parts = [range(len(batch))] if same_size else [range(i, i + 1) for i in range(len(batch))]
