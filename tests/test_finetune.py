@@ -19,7 +19,7 @@ from seglab.cli import main
 from seglab.config import TrainConfig
 from seglab.data import build_dataset
 from seglab.data.io import write_label_png
-from seglab.engine import checkpoint
+from seglab.engine import checkpoint, setup
 from seglab.engine import train as train_mod
 from seglab.engine.finetune import Source, class_dims, class_pairs, transfer_weights
 from seglab.errors import ConfigError
@@ -238,6 +238,22 @@ def test_difflr_gives_the_decoder_factor_times_the_basenet_rate(root, source):
     assert "at lr 0.1" in (run / "runlog").read_text()
 
 
+def test_checkpoints_with_one_parameter_group_still_resume():
+    """Runs started before the basenet/decoder groups saved a single group: resume splits it in two."""
+    model = build_model("lcnet_050", "fcn8s", 6)
+    old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    old.step()
+    state = {"optimizer": old.state_dict()}
+    cfg = TrainConfig(basenet="lcnet_050", decoder="fcn8s")
+    new = torch.optim.SGD(setup.param_groups(cfg, model), lr=0.1, momentum=0.9)
+    setup.split_param_groups(state, new)
+    new.load_state_dict(state["optimizer"])
+    assert [g["name"] for g in new.param_groups] == ["basenet", "decoder"]
+    for p in model.parameters():
+        assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+
+
 def _weights(run: Path) -> dict:
     return state_at(run)["model"]
 
@@ -314,6 +330,10 @@ def test_ema_follows_its_definition_and_seglab_test_uses_it(root, source, capsys
     # `seglab test` (batched) reports what the run logged at its end (one image at a time) for each weights
     assert with_ema["miou"] == pytest.approx(final["val_miou_ema"], abs=1e-12)
     assert without["miou"] == pytest.approx(final["val_miou"], abs=1e-12)
+    assert main(["test", str(run), *args, "--channels-last", "--eval-name", "cl"]) == 0
+    channels_last = json.loads((run / "eval" / "cl" / "metrics.json").read_text())
+    assert channels_last["test_options"]["channels_last"] is True
+    assert channels_last["miou"] == pytest.approx(with_ema["miou"], abs=0.01)  # the last bits of logits may differ
 
 
 def test_keep_best_is_chosen_by_full_val_never_by_the_partial_draw(root, source, monkeypatch, capsys):

@@ -156,7 +156,8 @@ def unfreeze_if_due(run: Run) -> None:
     """Give the basenet back to training once --unfreeze-at steps are done (DDP and torch.compile wrap anew:
     DDP only reduces the gradients of parameters that were trainable when it was built)."""
     raw = run.net.raw
-    if basenet_frozen(run.cfg, run.progress.step) or all(p.requires_grad for p in raw.basenet.parameters()):
+    due = run.cfg.freeze_basenet and run.cfg.unfreeze_at and run.progress.step == run.cfg.unfreeze_at
+    if not due or any(p.requires_grad for p in raw.basenet.parameters()):  # a resume there built it unfrozen
         return
     freeze_basenet(raw, False)
     set_train_mode(raw, run.cfg.freeze_bn, False)
@@ -248,7 +249,7 @@ def after_step(run: Run, stopping: bool) -> bool:
     full_due = not stopping and (final or (cfg.eval_full_every > 0 and step % cfg.eval_full_every == 0))
     eval_due = cfg.eval_every > 0 and step % cfg.eval_every == 0 and not final and not stopping and not full_due
     record = None
-    if eval_due or full_due or step % cfg.log_every == 0:
+    if eval_due or full_due or final or step % cfg.log_every == 0:
         record = log_record(run)
     if eval_due:
         indices = partial_subset(len(run.data.val_data), cfg.eval_fraction, cfg.seed, step)
