@@ -161,6 +161,23 @@ def test_boundary_band_matches_scipy_erosion():
         assert np.array_equal(band, _reference_band(mask, d))
 
 
+@pytest.mark.parametrize(("classes", "ratio"), [(3, 0.02), (21, 0.05), (150, 0.1)])
+def test_boundary_stats_equal_the_per_class_erosion_recipe(classes, ratio):
+    """All classes in one pass per map equal the paper's recipe applied to each class mask in turn."""
+    g = torch.Generator().manual_seed(classes)
+    blocks = torch.randint(0, classes, (2, 9, 12), generator=g)
+    target = blocks.repeat_interleave(5, 1).repeat_interleave(5, 2)[:, :43, :57].contiguous()
+    target[torch.rand(target.shape, generator=g) < 0.05] = IGNORE
+    pred = torch.where(torch.rand(target.shape, generator=g) < 0.15, (target + 1) % classes, target % classes)
+    d = metrics.band_width(43, 57, ratio)
+    inter, union = metrics.boundary_stats(pred, target, classes, IGNORE, ratio)
+    valid = target.numpy() != IGNORE
+    for c in range(classes):
+        gt = np.stack([_reference_band(t == c, d) for t in target.numpy()]) & valid
+        pr = np.stack([_reference_band(p == c, d) for p in pred.numpy()]) & valid
+        assert (inter[c], union[c]) == ((gt & pr).sum(), (gt | pr).sum()), c
+
+
 def test_boundary_iou_hand_made_case():
     # 10x10 image, a 6x6 square at rows/cols 2..7 in the label; the prediction shifts it one column right.
     target = torch.zeros(1, 10, 10, dtype=torch.long)

@@ -243,14 +243,16 @@ def evaluate(
             )
         progress.update(len(batch))
     progress.close()
-    return _gather(tally, dataset, cm.cpu(), boundary.cpu(), dilation_ratio, gallery, limit)
+    part = (tally, cm.cpu(), boundary.cpu())
+    parts = distributed.gather_objects(part) if world_size > 1 else [part]
+    return _merge(parts, dataset, dilation_ratio, gallery, limit)
 
 
-def _gather(
-    tally: _Tally, dataset, cm: Tensor, boundary: Tensor, dilation_ratio: float, gallery: int, limit: int | None
+def _merge(
+    parts: list[tuple[_Tally, Tensor, Tensor]], dataset, dilation_ratio: float, gallery: int, limit: int | None
 ) -> EvalResult:
-    """Return the EvalResult of every process's tally, images in dataset order (identical to one process)."""
-    parts = distributed.gather_objects((tally, cm, boundary))
+    """Return the EvalResult of every process's (tally, cm, boundary), images in dataset order (identical to
+    one process)."""
     tallies = [t for t, _, _ in parts]
     order = sorted((index, p, i) for p, t in enumerate(tallies) for i, index in enumerate(t.indices))
     if not order:

@@ -51,8 +51,9 @@ def boundary_band(masks: Tensor, d: int) -> Tensor:
 def label_band(labels: Tensor, d: int) -> Tensor:
     """Return, for a class map [..., H, W], the pixels in the inner band of their own class's mask: those whose
     (2d+1) x (2d+1) square holds another value or leaves the image. One pass serves every class."""
-    padded = F.pad(labels.to(torch.int32), (d, d, d, d), value=-1)
-    return (_square_max(padded, d) != labels) | (-_square_max(-padded, d) != labels)
+    padded = F.pad(labels.to(torch.int16), (d, d, d, d), value=-1)  # int16: class ids, 255 and the outside
+    # The square holds the pixel itself, so it holds another value exactly when its maximum and minimum differ.
+    return _square_max(padded, d) != -_square_max(-padded, d)
 
 
 def boundary_stats(
