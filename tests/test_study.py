@@ -74,11 +74,12 @@ def test_study_end_to_end(tmp_path, capsys, monkeypatch):
     assert (out / "runs" / "resnet10t_fcn8s" / "eval" / "val" / "metrics.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study", "tiny.yaml"]
     shutil.rmtree(out / "runs" / "resnet10t_fcn8s" / "eval")
-    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "iters": 2}}))
+    # (a larger `iters` would extend the runs, as `seglab train --resume RUN --iters N` does)
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "crop": [48, 48]}}))
     capsys.readouterr()
     assert seglab(["study", str(config), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "differ from its checkpoint" in err and "iters: 1 -> 2" in err
+    assert "differ from its checkpoint" in err and "crop: [32, 32] -> [48, 48]" in err
     cells = result_columns(out / "runs", "resnet18", "fcn8s", "synthetic")
     assert cells["mIoU % (95% CI)"].endswith("synthetic val") and cells["ImageNet top-1 %"] == "73.2"
     assert result_columns(out / "runs", "resnet18", "fcn8s", "voc")["mIoU % (95% CI)"] == "no run"
