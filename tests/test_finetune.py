@@ -162,6 +162,22 @@ def test_class_remapping_works_for_every_decoder(decoder):
         assert torch.equal(entry(value, key, 2), entry(fresh[key], key, 2)), key  # "x" is new
 
 
+def test_class_map_applies_even_when_the_class_lists_agree():
+    torch.manual_seed(0)
+    old = build_model("lcnet_050", "fcn8s", 3)
+    with torch.no_grad():
+        for p in old.decoder.parameters():
+            p.normal_()
+    new = build_model("lcnet_050", "fcn8s", 3)
+    cfg = TrainConfig(basenet="lcnet_050", decoder="fcn8s", init_from="src.pt", class_map=["a=b", "b=a"])
+    names = ["background", "a", "b"]
+    notes = transfer_weights(new, cfg, Source(Path("src.pt"), cfg, 1, names, old.state_dict(), "model"), names)
+    weight = "decoder.score_fr.weight"
+    assert torch.equal(new.state_dict()[weight][1], old.state_dict()[weight][2])
+    assert torch.equal(new.state_dict()[weight][2], old.state_dict()[weight][1])
+    assert "classes keeping the source's weights: background, b->a, a->b" in "\n".join(notes)
+
+
 def test_class_pairs_by_name_and_map():
     old = ["background", "disk", "square"]
     assert class_pairs(old, ["background", "square", "star"], []) == [(0, 0), (2, 1)]

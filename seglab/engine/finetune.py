@@ -138,7 +138,7 @@ def transfer_weights(model: SegmentationModel, cfg: TrainConfig, source: Source,
             f"{source.config.decoder_options or ''}: the decoder starts from its fresh initialization"
         )
         return notes
-    if source.class_names == classes:
+    if source.class_names == classes and not cfg.class_map:
         model.load_state_dict(source.weights)
         notes[0] += f" and decoder, same {len(classes)} classes"
         return notes
@@ -155,7 +155,10 @@ def transfer_weights(model: SegmentationModel, cfg: TrainConfig, source: Source,
         for i, name in ((i, classes[j]) for i, j in pairs)
     )
     fresh = ", ".join(name for j, name in enumerate(classes) if j not in kept)
-    notes[0] += f" and decoder; {len(classes)} classes instead of the source's {len(source.class_names)}"
+    counts = (len(classes), len(source.class_names))
+    notes[0] += f" and decoder; {counts[0]} classes " + (
+        f"instead of the source's {counts[1]}" if counts[0] != counts[1] else "paired by name and --class-map"
+    )
     notes.append(f"  class layers re-initialized: {', '.join(dims)}")
     notes.append(f"  classes keeping the source's weights: {carried or 'none'}")
     notes.append(f"  classes starting fresh: {fresh or 'none'}")
