@@ -1,8 +1,8 @@
 """`seglab compare`: runs side by side, per-class deltas, training curves, and a paired bootstrap over
 images of each mIoU difference against the first run, so a +0.5% claim can be judged.
 
-Every run must have been evaluated (`seglab test`) on the same images: the per-image confusion
-matrices saved there are resampled together (see `seglab.metrics.bootstrap`).
+Every run must have been evaluated (`seglab test`) on the same images: the per-image class counts
+saved there are resampled together (see `seglab.metrics.bootstrap`).
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from seglab import metrics
 from seglab.config import CompareConfig
 from seglab.errors import ConfigError, PathError
 from seglab.report import ci_text, html_page, md_table, pct, png, png_uri, ratio_text
-from seglab.runs import EvalDir, RunDir, atomic_write, ensure_dir, is_run, read_metrics
+from seglab.runs import COUNTS, EvalDir, RunDir, atomic_write, ensure_dir, is_run, read_metrics
 
 
 @dataclass
 class EvaluatedRun:
-    """One run's evaluation: its label, folders, metrics.json and per-image matrices."""
+    """One run's evaluation: its label, folders, metrics.json and per-image class counts [N, 3, C]."""
 
     label: str
     run_dir: Path | None
     eval_dir: Path
     summary: dict
-    per_image_cm: torch.Tensor
+    per_image: torch.Tensor
     image_ids: list[str]
     class_names: list[str]
 
@@ -53,20 +53,20 @@ def load_evaluation(path: Path, eval_name: str) -> EvaluatedRun:
     else:
         raise PathError(f"{path} does not exist: give run folders or evaluation folders")
     summary = evaluation.read_summary()
-    arrays = evaluation.read_arrays()
+    arrays = evaluation.read_per_image()
     return EvaluatedRun(
         label,
         run_dir,
         evaluation.path,
         summary,
-        torch.from_numpy(arrays["per_image_cm"]),
+        torch.from_numpy(arrays[COUNTS]),
         [str(i) for i in arrays["image_ids"]],
         [str(c) for c in arrays["class_names"]],
     )
 
 
 def aligned(base: EvaluatedRun, other: EvaluatedRun) -> torch.Tensor:
-    """Return `other`'s per-image matrices in `base`'s image order; raise if the image sets differ."""
+    """Return `other`'s per-image class counts in `base`'s image order; raise if the image sets differ."""
     if other.class_names != base.class_names:
         raise ConfigError(
             f"{other.eval_dir} has classes {other.class_names}, {base.eval_dir} has "
@@ -82,7 +82,7 @@ def aligned(base: EvaluatedRun, other: EvaluatedRun) -> torch.Tensor:
             "evaluate both on the same split without --limit differences"
         )
     position = {image: i for i, image in enumerate(other.image_ids)}
-    return other.per_image_cm[[position[image] for image in base.image_ids]]
+    return other.per_image[[position[image] for image in base.image_ids]]
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -126,7 +126,7 @@ def compare(runs: list[EvaluatedRun], resamples: int = metrics.DEFAULT_RESAMPLES
     base = runs[0]
     tests = []
     for other in runs[1:]:
-        result = metrics.paired_bootstrap(aligned(base, other), base.per_image_cm, resamples=resamples, seed=seed)
+        result = metrics.paired_bootstrap(aligned(base, other), base.per_image, resamples=resamples, seed=seed)
         tests.append({"run": other.label, "baseline": base.label, **result})
     deltas = {}
     for name in base.class_names:

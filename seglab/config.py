@@ -38,6 +38,8 @@ ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
 MAX_SEED = 2**32 - 1
 """The largest seed (NumPy's seeds are 32-bit)."""
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+"""Experiment trackers `seglab train --logger` writes to (mlflow and wandb are optional extras)."""
 EXPORT_ATOL = 1e-3
 """The largest |ONNX Runtime - PyTorch| logit difference an export may show on its verification images."""
 CORRUPTIONS = (
@@ -341,6 +343,18 @@ class TrainConfig(CheckedConfig):
     decoder_options: dict = option({}, "decoder options, e.g. trainable_upsampling=true", metavar="KEY=VALUE")
     num_classes: int = option(0, "number of classes; 0 takes it from the dataset (a mismatch is an error)", minimum=0)
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
+    init_from: str = option(
+        "",
+        "fine-tune: start basenet and decoder from this seglab run folder or checkpoint (its EMA weights when it "
+        "has them); --basenet, --decoder, --output-stride and --decoder-options default to its",
+        metavar="RUN",
+    )
+    class_map: list[str] = option(
+        [],
+        "with --init-from: classes of the same name keep their classifier weights; OLD=NEW pairs (names or "
+        "indices) carry other ones over (or override a name match)",
+        metavar="OLD=NEW",
+    )
     # data
     dataset: str = option("", "dataset name; default: voc with --data-root, the embedded synthetic set without")
     data_root: str = option("", "dataset folder")
@@ -380,6 +394,40 @@ class TrainConfig(CheckedConfig):
     freeze_bn: bool = option(False, "keep BatchNorm statistics frozen (eval mode) while training")
     sync_bn: bool = option(True, "synchronize BatchNorm statistics across GPUs under DDP")
     seed: int = option(0, "seed of weights init, data order and augmentation", minimum=0, maximum=MAX_SEED)
+    freeze_basenet: bool = option(
+        False, "keep the basenet's weights and BatchNorm statistics fixed: only the decoder trains"
+    )
+    unfreeze_at: int = option(
+        0, "with --freeze-basenet: the basenet trains too after this many steps (0: never)", metavar="STEP", minimum=0
+    )
+    difflr: float = option(
+        1.0,
+        "decoder learning rate = DIFFLR x --learnrate (the basenet's); the seed used 10",
+        metavar="FACTOR",
+        above=0,
+        maximum=1000,
+    )
+    accumulate: int = option(
+        1,
+        "gradient accumulation: each --batch-size batch runs as N forward/backward passes of batch/N images",
+        metavar="N",
+        minimum=1,
+        maximum=1024,
+    )
+    clip_grad: float = option(
+        0.0,
+        "clip the global gradient norm to NORM (0: off); the norm before clipping is logged",
+        metavar="NORM",
+        minimum=0,
+    )
+    ema: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off); saved in "
+        "checkpoints, evaluated with the weights, used by `seglab test`",
+        metavar="DECAY",
+        minimum=0,
+        below=1,
+    )
     # numerics and device
     device: str = option("auto", DEVICE_HELP)
     amp: str = option(
@@ -394,9 +442,22 @@ class TrainConfig(CheckedConfig):
     eval_every: int = option(500, "mIoU on a random part of val every N steps (0: only at the end)", minimum=0)
     eval_fraction: float = option(0.25, "part of val drawn for each partial evaluation", above=0, maximum=1)
     eval_batch_size: int = option(1, "validation batch size per rank", minimum=1)
+    eval_full_every: int = option(0, "mIoU on the full val set every N steps (0: only at the end)", minimum=0)
+    keep_best: bool = option(
+        False, "keep checkpoints/best.pt, the checkpoint of the best full-val mIoU (needs --eval-full-every)"
+    )
     ckpt_every: int = option(100, "write checkpoints/last.pt every N steps", minimum=1)
     keep: int = option(3000, "also keep a checkpoint every N steps (0: none)", minimum=0)
-    resume: str = option("", "continue the run in this folder from its last checkpoint")
+    logger: list[str] = option(
+        ["tensorboard"],
+        "experiment trackers besides runlog and metrics.jsonl (mlflow: pip install 'seglab[mlflow]', "
+        "wandb: 'seglab[wandb]')",
+        choices=TRACKERS,
+        metavar="NAME",
+    )
+    resume: str = option(
+        "", "continue the run in this folder from its last checkpoint (a larger --iters or --epochs extends it)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -408,6 +469,21 @@ class TrainConfig(CheckedConfig):
             raise ConfigError(f"--scale-range takes MIN MAX, got {self.scale_range}")
         if self.scale_range[0] > self.scale_range[1]:
             raise ConfigError(f"--scale-range takes MIN MAX with MIN <= MAX, got {self.scale_range}")
+        check_training_options(self)
+
+
+def check_training_options(cfg: TrainConfig) -> None:
+    """Refuse combinations of the fine-tuning, EMA and best-checkpoint flags that cannot work."""
+    if cfg.class_map and not cfg.init_from:
+        raise ConfigError("--class-map maps the classes of --init-from RUN: give --init-from too")
+    if cfg.unfreeze_at and not cfg.freeze_basenet:
+        raise ConfigError(f"--unfreeze-at {cfg.unfreeze_at} needs --freeze-basenet (the basenet is not frozen)")
+    if cfg.keep_best and not cfg.eval_full_every:
+        raise ConfigError("--keep-best chooses by full-val mIoU: give --eval-full-every N too")
+    for pair in cfg.class_map:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"--class-map takes OLD=NEW pairs, got {pair!r}")
 
 
 # Keys a resumed run may change; any other difference from the checkpoint's config is refused.
@@ -427,8 +503,14 @@ RESUME_MAY_CHANGE = frozenset(
         "device",
         "compile",
         "plugins",
+        "eval_full_every",
+        "keep_best",
+        "logger",
+        "accumulate",
     }
 )
+RESUME_MAY_EXTEND = frozenset({"iters", "epochs"})
+"""Keys a resumed run may raise (never lower): `seglab train --resume RUN --iters N` extends a run."""
 
 
 @dataclass
@@ -510,6 +592,21 @@ class TestConfig(InferenceOptions):
     device: str = option("auto", DEVICE_HELP)
     limit: int | None = option(None, "evaluate only the first N images", metavar="N", minimum=1)
     workers: int = option(2, "data-loading processes", minimum=0)
+    batch_size: int = option(
+        4, "images per forward pass; only images of one size share a batch unless --pad-batches", minimum=1
+    )
+    pad_batches: bool = option(
+        False,
+        "batch images of different sizes too, padded to the largest (labels with the ignore index, predictions "
+        "cropped back); padding can change predictions slightly near the bottom and right edges",
+    )
+    amp: str = option(
+        "auto", "mixed precision of inference; auto: bf16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off")
+    )
+    channels_last: bool = option(
+        False, "run the model channels-last (often faster on CPUs; logits may differ in the last bits)"
+    )
+    ema: bool = option(True, "evaluate a checkpoint's EMA weights when it has them (--no-ema: the trained weights)")
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
     def __post_init__(self) -> None:

@@ -11,7 +11,6 @@ PyTorch must stay within a tolerance, otherwise the export fails.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import warnings
@@ -28,22 +27,14 @@ from seglab.config import EXPORT_ATOL, ONNX_OPSET, ExportConfig, TrainConfig
 from seglab.data.io import PHOTO_FORMATS, read_image
 from seglab.engine.checkpoint import load_run
 from seglab.engine.inference import DeployModel
-from seglab.errors import CheckpointError, ConfigError, ExportError, PathError
+from seglab.errors import CheckpointError, ExportError, PathError
 from seglab.models import build_model
 from seglab.models.meta import SegmentationModel
-from seglab.plugins import load_plugins
+from seglab.plugins import load_plugins, optional_import
 from seglab.runs import atomic_write, ensure_dir, resolve_target
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-
-
-def optional_import(module: str, extra: str, why: str):
-    """Import an optional dependency; a missing one is an error saying which extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ConfigError(f"{why} needs {module}: pip install 'seglab[{extra}]'") from err
 
 
 def export_onnx(

@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from seglab.errors import PluginError
+from seglab.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "seglab.plugins"
 ENV = "SEGLAB_PLUGINS"
@@ -78,3 +78,11 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
     for name in names:
         import_module(name)
     return names
+
+
+def optional_import(module: str, extra: str, why: str):
+    """Import an optional dependency; a missing one is an error saying which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{why} needs {module}: pip install 'seglab[{extra}]'") from err

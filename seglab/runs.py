@@ -7,8 +7,9 @@ A run folder ``<runs-root>/<YYYY-MM-DD>_<basenet>_<decoder>__<n>/`` holds::
     runlog              for people
     metrics.jsonl       for programs: one JSON record per logged step
     events.out.tfevents.*
-    checkpoints/        step_0000100.pt ... and last.pt (a hard link to the newest); an unloadable one is
-                        set aside as step_0000100.pt.bad
+    trackers.json       the MLflow / W&B run ids a resume continues (with `--logger mlflow,wandb`)
+    checkpoints/        step_0000100.pt ... and last.pt (a hard link to the newest); best.pt with --keep-best;
+                        an unloadable one is set aside as step_0000100.pt.bad
     eval/NAME/          one `seglab test` evaluation: metrics.json, per_image_cm.npz, report.html, report.md
     export/             `seglab export`: model.onnx, model.safetensors, export.json
 
@@ -44,10 +45,14 @@ RUNLOG = "runlog"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
+BEST = "best.pt"
+TRACKERS = "trackers.json"
 EVAL = "eval"
 EXPORT = "export"
 EVAL_METRICS = "metrics.json"
 PER_IMAGE = "per_image_cm.npz"
+COUNTS = "per_image_counts"
+DENSE = "per_image_cm"
 TEMP_MARK = ".tmp-"
 LOCK = "train.lock"
 BAD_SUFFIX = ".bad"
@@ -221,7 +226,7 @@ class EvalDir:
         return read_json(self.metrics, f"run `seglab test` first (it writes {EVAL_METRICS})")
 
     def write(self, summary: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Write metrics.json and per_image_cm.npz (the per-image matrices that bootstraps resample)."""
+        """Write metrics.json and per_image_cm.npz (the per-image statistics that bootstraps resample)."""
         ensure_dir(self.path, "evaluation folder")
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
@@ -237,6 +242,19 @@ class EvalDir:
                 return {k: data[k] for k in data.files}
         except (OSError, ValueError) as err:
             raise PathError(f"{self.per_image} cannot be read ({err}): run `seglab test` again") from None
+
+    def read_per_image(self) -> dict[str, np.ndarray]:
+        """Return per_image_cm.npz with `per_image_counts` [N, 3, C] (true positives, label pixels, predicted
+        pixels per class) whichever seglab wrote it: files of seglab 0.2 and older hold dense per-image
+        confusion matrices [N, C, C], which are reduced to those counts here."""
+        arrays = self.read_arrays()
+        if COUNTS not in arrays:
+            if DENSE not in arrays:
+                raise PathError(f"{self.per_image} holds neither {COUNTS} nor {DENSE}: run `seglab test` again")
+            cm = arrays.pop(DENSE)
+            arrays[COUNTS] = np.stack([cm.diagonal(axis1=1, axis2=2), cm.sum(2), cm.sum(1)], axis=1)
+        arrays[COUNTS] = arrays[COUNTS].astype(np.int64)
+        return arrays
 
 
 def read_json(path: Path, hint: str) -> dict:
@@ -281,6 +299,14 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def trackers(self) -> Path:
+        return self.path / TRACKERS
 
     @property
     def export_dir(self) -> Path:
@@ -480,7 +506,7 @@ def resolve_target(path: str | Path) -> Target:
 
 def choose_checkpoints(path: str | Path, names: Sequence[str] = (), last_k: int | None = None) -> list[Target]:
     """Return the checkpoints to evaluate: the target itself, the K newest step files, or named ones
-    (``last``, ``step_9000`` or ``9000``) of the run folder at `path`; the first gets the full report."""
+    (``last``, ``best``, ``step_9000`` or ``9000``) of the run folder at `path`; the first gets the full report."""
     if not names and last_k is None:
         return [resolve_target(path)]
     run = open_run(path)
@@ -492,14 +518,20 @@ def choose_checkpoints(path: str | Path, names: Sequence[str] = (), last_k: int 
         return [Target(steps[s], run, f"step_{s}") for s in sorted(steps, reverse=True)[:last_k]]
     chosen = []
     for token in (t.strip() for t in names if t.strip()):
-        if token == "last":
-            if not run.last.is_file():
-                raise PathError(f"--checkpoints last: {run.last} is missing")
-            chosen.append(Target(run.last, run, "last"))
+        if token in ("last", "best"):
+            path = run.last if token == "last" else run.best
+            if not path.is_file():
+                hint = " (the run was trained without --keep-best)" if token == "best" else ""
+                raise PathError(f"--checkpoints {token}: {path} is missing{hint}")
+            chosen.append(Target(path, run, token))
             continue
         match = re.fullmatch(r"(?:step_)?(\d+)", token)
         if match is None or int(match.group(1)) not in steps:
-            raise ConfigError(f"--checkpoints: no checkpoint {token!r} in {run.checkpoints}; it has last and {listing}")
+            raise ConfigError(
+                f"--checkpoints: no checkpoint {token!r} in {run.checkpoints}; it has last, best and {listing}"
+                if run.best.is_file()
+                else f"--checkpoints: no checkpoint {token!r} in {run.checkpoints}; it has last and {listing}"
+            )
         step = int(match.group(1))
         chosen.append(Target(steps[step], run, f"step_{step}"))
     return chosen
@@ -523,19 +555,42 @@ def evaluated_runs(runs_root: str | Path) -> Iterator[tuple[RunDir, dict, EvalDi
             yield run, runargs, evaluation, evaluation.read_summary()
 
 
+def _best_and_last(records: list[dict], key: str) -> dict:
+    """Return {best, best_step, last, last_step} of `key` over the records that have it (None when none do)."""
+    scored = [(r[key], r["step"]) for r in records if r.get(key) is not None]
+    if not scored:
+        return {"best": None, "best_step": None, "last": None, "last_step": None}
+    best = max(scored, key=lambda item: (item[0], -item[1]))  # the earliest of equal scores
+    return {"best": best[0], "best_step": best[1], "last": scored[-1][0], "last_step": scored[-1][1]}
+
+
 def summarize_run(run: RunDir) -> dict:
-    """Return one run's summary: name, basenet, decoder, last step, best and last mIoU (partial or full
-    val, whichever came), and the final full-val mIoU."""
+    """Return one run's summary: name, basenet, decoder, last step, and the partial-val and full-val mIoU
+    kept apart (best with its step, and last), with the EMA weights' full-val mIoU where the run keeps an
+    EMA, and the step of checkpoints/best.pt where it keeps one (the last record marked `best_checkpoint`).
+
+    Partial val is a random part of val drawn anew each time, so its best is an optimistic pick; only the
+    full-val numbers are comparable between steps and runs.
+    """
     runargs = run.read_runargs()
     records = run.read_metrics()
-    scores = [r[k] for r in records for k in ("val_miou_partial", "val_miou") if r.get(k) is not None]
-    final = [r["val_miou"] for r in records if r.get("val_miou") is not None]
+    partial, full = _best_and_last(records, "val_miou_partial"), _best_and_last(records, "val_miou")
+    ema = _best_and_last(records, "val_miou_ema")
+    marked = [r["step"] for r in records if r.get("best_checkpoint")]  # the records of steps best.pt was written at
+    best_step = marked[-1] if marked and run.best.is_file() else None
     return {
         "run": run.name,
         "basenet": runargs.get("basenet", "?"),
         "decoder": runargs.get("decoder", "?"),
         "step": records[-1]["step"] if records else 0,
-        "best_miou": max(scores) if scores else None,
-        "last_miou": scores[-1] if scores else None,
-        "final_miou": final[-1] if final else None,
+        "partial_best_miou": partial["best"],
+        "partial_best_step": partial["best_step"],
+        "partial_last_miou": partial["last"],
+        "full_best_miou": full["best"],
+        "full_best_step": full["best_step"],
+        "full_last_miou": full["last"],
+        "full_last_step": full["last_step"],
+        "ema_full_best_miou": ema["best"],
+        "ema_full_last_miou": ema["last"],
+        "best_checkpoint_step": best_step,
     }

@@ -35,7 +35,7 @@ def test_compare_reports_the_paired_difference(tmp_path, capsys):
     assert main(["compare", str(good), str(bad), "--out", str(out), "--bootstrap", "200"]) == 0
     result = json.loads((out / "compare.json").read_text())
     test = result["paired_bootstrap"][0]
-    expected = float(metrics.pooled_miou(res_bad.per_image_cm) - metrics.pooled_miou(res_good.per_image_cm))
+    expected = float(metrics.pooled_miou(res_bad.per_image) - metrics.pooled_miou(res_good.per_image))
     assert test["diff"] == pytest.approx(expected)
     assert test["diff"] < 0 and test["ci"][1] < 0 and test["p_value"] == pytest.approx(1 / 200)
     names = ["bg", "a", "b"]

@@ -26,7 +26,9 @@ def test_evaluate_keeps_exact_per_image_matrices_objects_and_worst_images():
     assert result.image_ids == ["img000", "img001", "img002", "img003"]
     for i in range(4):
         expected = metrics.confusion_matrix(data.predictions[i][None], data.labels[i][None], 3, 255)
-        assert torch.equal(result.per_image_cm[i], expected)
+        assert torch.equal(result.per_image[i], metrics.class_counts(expected))
+    expected = metrics.confusion_matrix(torch.stack(data.predictions), torch.stack(data.labels), 3, 255)
+    assert torch.equal(result.cm, expected)
     # objects: every instance with its class, area and correctly predicted pixels
     rows = []
     for i in range(4):
@@ -34,7 +36,7 @@ def test_evaluate_keeps_exact_per_image_matrices_objects_and_worst_images():
         rows += [[i, *r] for r in rec.tolist()]
     assert result.objects.tolist() == rows
     # the two worst images by per-image mIoU, worst first, with their predictions
-    per_image = metrics.mean_iou(result.per_image_cm)
+    per_image = metrics.nanmean(metrics.counts_iou(result.per_image))
     order = per_image.argsort().tolist()
     assert [i for _, i, _ in result.worst] == order[:2]
     assert torch.equal(result.worst[0][2], data.predictions[order[0]].to(torch.uint8))
@@ -65,7 +67,7 @@ def test_limit_and_no_instances():
     data = random_case(2)
     data.instances, data.has_instances = None, False
     result = ev.evaluate(OracleModel(3), data, limit=2, gallery=0)
-    assert result.per_image_cm.shape == (2, 3, 3) and result.objects is None and result.worst == []
+    assert result.per_image.shape == (2, 3, 3) and result.objects is None and result.worst == []
     assert ev.summarize(result, bootstrap=50)["sizes"] is None
 
 
@@ -117,8 +119,8 @@ def test_choose_checkpoints(tmp_path):
 def test_saved_per_image_matrices_round_trip(tmp_path):
     result = ev.evaluate(OracleModel(3), random_case(4), gallery=0)
     EvalDir(tmp_path).write(ev.summarize(result, bootstrap=20), result.arrays())
-    arrays = EvalDir(tmp_path).read_arrays()
-    assert torch.equal(torch.from_numpy(arrays["per_image_cm"]), result.per_image_cm)
+    arrays = EvalDir(tmp_path).read_per_image()
+    assert torch.equal(torch.from_numpy(arrays["per_image_counts"]), result.per_image)
     assert list(arrays["image_ids"]) == result.image_ids and list(arrays["class_names"]) == ["bg", "a", "b"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert np.array(saved["confusion_matrix"]).sum() == int(result.cm.sum())
@@ -138,7 +140,7 @@ def test_seglab_test_command_writes_metrics_report_and_spread(tmp_path, monkeypa
     data = random_case(6)
     loaded = []
 
-    def load_run(target, device="cpu"):
+    def load_run(target, device="cpu", ema=False):
         path = target.checkpoint
         loaded.append(path.name)
         model = OracleModel(3)
@@ -205,10 +207,12 @@ def test_seglab_test_on_a_trained_synthetic_run(tmp_path):
         == 0
     )
     summary = json.loads((run / "eval" / "val" / "metrics.json").read_text())
-    arrays = EvalDir(run / "eval" / "val").read_arrays()
-    cms, ids, names = torch.from_numpy(arrays["per_image_cm"]), list(arrays["image_ids"]), list(arrays["class_names"])
+    arrays = EvalDir(run / "eval" / "val").read_per_image()
+    counts, ids = torch.from_numpy(arrays["per_image_counts"]), list(arrays["image_ids"])
+    names = list(arrays["class_names"])
     assert len(ids) == 4 and names == ["background", "disk", "square", "triangle", "ring", "cross"]
-    assert summary["miou"] == metrics.segmentation_metrics(cms.sum(0), names)["miou"]
+    assert summary["miou"] == metrics.segmentation_metrics(torch.tensor(summary["confusion_matrix"]), names)["miou"]
+    assert summary["miou"] == float(metrics.pooled_miou(counts))
     assert [e["step"] for e in summary["checkpoint_spread"]["checkpoints"]] == [2, 1]
     assert summary["model"]["basenet"] == "resnet18" and summary["model"]["gflops_size"] == [32, 32]
     assert summary["sizes"]["objects"] > 0

@@ -40,7 +40,7 @@ def test_argparse_only_in_the_command_layer():
 
 
 def test_imports_sit_at_module_level():
-    """Optional dependencies go through `seglab.export.optional_import`, so no import statement hides in a function."""
+    """Optional dependencies go through `seglab.plugins.optional_import`, so no import statement hides in a function."""
     hidden = []
     for name, tree in modules().items():
         top = {id(node) for node in tree.body}

@@ -103,14 +103,28 @@ def test_out_of_range_values_are_reported_not_masked():
         metrics.confusion_matrix(pred.float(), target, 4, IGNORE)
 
 
+def test_class_counts_give_the_iou_of_any_sum_of_images():
+    pred, target = _batch(4, n=6, size=10)
+    per_image = metrics.per_image_confusion(pred, target, C, IGNORE)
+    counts = metrics.class_counts(per_image)
+    assert counts.shape == (6, 3, C) and counts.dtype == torch.int64
+    assert torch.equal(counts[:, 0], per_image.diagonal(dim1=1, dim2=2))
+    assert torch.equal(counts[:, 1], per_image.sum(2)) and torch.equal(counts[:, 2], per_image.sum(1))
+    weights = torch.tensor([3, 0, 1, 2, 0, 1])  # a resample: image 0 three times, ...
+    dense = (weights.view(-1, 1, 1) * per_image).sum(0)
+    compact = (weights.view(-1, 1, 1) * counts).sum(0)
+    torch.testing.assert_close(metrics.counts_iou(compact), metrics.class_iou(dense), rtol=0, atol=0, equal_nan=True)
+
+
 def test_bootstrap_interval_contains_estimate_and_shrinks_with_more_images():
     pred, target = _batch(5, n=160, size=12)
-    per_image = metrics.per_image_confusion(pred, target, C, IGNORE)
+    per_image = metrics.class_counts(metrics.per_image_confusion(pred, target, C, IGNORE))
     widths = []
     for n in (10, 40, 160):
         boot = metrics.bootstrap_miou(per_image[:n], resamples=400, seed=0)
         low, high = boot["miou_ci"]
         point = float(metrics.pooled_miou(per_image[:n]))
+        assert point == float(metrics.mean_iou(metrics.per_image_confusion(pred[:n], target[:n], C, IGNORE).sum(0)))
         assert low <= point <= high
         widths.append(high - low)
     assert widths[0] > widths[1] > widths[2]
@@ -122,11 +136,11 @@ def test_bootstrap_interval_contains_estimate_and_shrinks_with_more_images():
 
 def test_paired_bootstrap_separates_a_real_difference_from_none():
     pred, target = _batch(6, n=60, size=12)
-    cm_a = metrics.per_image_confusion(pred, target, C, IGNORE)
+    cm_a = metrics.class_counts(metrics.per_image_confusion(pred, target, C, IGNORE))
     same = metrics.paired_bootstrap(cm_a, cm_a.clone(), resamples=300)
     assert same["diff"] == 0.0 and same["p_value"] == 1.0 and same["ci"] == [0.0, 0.0]
     worse = torch.where(torch.rand(pred.shape, generator=torch.Generator().manual_seed(1)) < 0.3, (pred + 1) % C, pred)
-    cm_b = metrics.per_image_confusion(worse, target, C, IGNORE)
+    cm_b = metrics.class_counts(metrics.per_image_confusion(worse, target, C, IGNORE))
     res = metrics.paired_bootstrap(cm_a, cm_b, resamples=300)
     assert res["diff"] > 0 and res["ci"][0] > 0
     assert res["p_value"] == pytest.approx(1 / 300)
@@ -145,6 +159,23 @@ def test_boundary_band_matches_scipy_erosion():
     for d in (1, 2, 3):
         band = metrics.boundary_band(torch.from_numpy(mask)[None], d)[0].numpy()
         assert np.array_equal(band, _reference_band(mask, d))
+
+
+@pytest.mark.parametrize(("classes", "ratio"), [(3, 0.02), (21, 0.05), (150, 0.1)])
+def test_boundary_stats_equal_the_per_class_erosion_recipe(classes, ratio):
+    """All classes in one pass per map equal the paper's recipe applied to each class mask in turn."""
+    g = torch.Generator().manual_seed(classes)
+    blocks = torch.randint(0, classes, (2, 9, 12), generator=g)
+    target = blocks.repeat_interleave(5, 1).repeat_interleave(5, 2)[:, :43, :57].contiguous()
+    target[torch.rand(target.shape, generator=g) < 0.05] = IGNORE
+    pred = torch.where(torch.rand(target.shape, generator=g) < 0.15, (target + 1) % classes, target % classes)
+    d = metrics.band_width(43, 57, ratio)
+    inter, union = metrics.boundary_stats(pred, target, classes, IGNORE, ratio)
+    valid = target.numpy() != IGNORE
+    for c in range(classes):
+        gt = np.stack([_reference_band(t == c, d) for t in target.numpy()]) & valid
+        pr = np.stack([_reference_band(p == c, d) for p in pred.numpy()]) & valid
+        assert (inter[c], union[c]) == ((gt & pr).sum(), (gt | pr).sum()), c
 
 
 def test_boundary_iou_hand_made_case():

@@ -23,7 +23,7 @@ from seglab.engine.checkpoint import load_run
 from seglab.errors import ConfigError
 from seglab.metrics.bootstrap import resample_weights
 from seglab.models import BASENETS, SEED_BASENETS, basenet_spec, build_basenet
-from seglab.runs import RunDir
+from seglab.runs import COUNTS, EvalDir, RunDir
 from seglab.study import read_study
 from seglab.study.jobs import result_row, torchrun_command
 from seglab.study.launch import submitit_parameters
@@ -109,9 +109,9 @@ def test_study_end_to_end_resumes_and_refuses_an_edited_yaml(tmp_path, capsys, m
         assert row["imagenet_top1"] == ""  # trained from scratch: their ImageNet accuracy does not apply
         probe = json.loads((out / "probes" / f"probe_{row['basenet']}_none.json").read_text())
         assert float(row["probe_miou"]) == pytest.approx(100 * probe["probe_miou"])
-        arrays = np.load(run / "eval" / "val" / "per_image_cm.npz")
+        arrays = EvalDir(run / "eval" / "val").read_per_image()
         scores.setdefault(row["cell"], []).append(
-            RunScores(int(row["seed"]), spread, torch.from_numpy(arrays["per_image_cm"]), tuple(arrays["image_ids"]))
+            RunScores(int(row["seed"]), spread, torch.from_numpy(arrays[COUNTS]), tuple(arrays["image_ids"]))
         )
     # cells: mean and std over seeds of the runs' mIoU
     cells = read_csv(out / "cells.csv")
@@ -153,11 +153,16 @@ def test_study_end_to_end_resumes_and_refuses_an_edited_yaml(tmp_path, capsys, m
     assert "resumed from" in (run / "runlog").read_text()
     assert json.loads((out / "state.json").read_text())["jobs"]["resnet10t_fcn8s_seed0"]["attempts"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study", "tiny.yaml"]
-    # An edited training section is refused by every run's resume check, naming the difference.
-    write_study(tmp_path, {**TINY, "train": {**TINY["train"], "iters": 3}})
+    # An edited training section is refused by every run's resume check, naming the difference (a larger
+    # `iters` would extend the runs instead, as `seglab train --resume RUN --iters N` does).
+    write_study(tmp_path, {**TINY, "train": {**TINY["train"], "crop": [48, 48]}})
     assert seglab(["study", str(config), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "4 of 6 study jobs failed" in err and "differ from its checkpoint" in err and "iters: 2 -> 3" in err
+    assert (
+        "4 of 6 study jobs failed" in err
+        and "differ from its checkpoint" in err
+        and "crop: [32, 32] -> [48, 48]" in err
+    )
     assert len(err.strip().splitlines()) == 1
     cells = result_columns(out / "runs", "resnet10t", "fcn8s", "synthetic")
     assert cells["mIoU % (95% CI)"].endswith("synthetic val")
@@ -401,7 +406,7 @@ def test_variance_components_by_hand_and_degenerate_designs():
 
 def test_test_sampling_component_is_the_bootstrap_over_images_and_paired_difference():
     g = torch.Generator().manual_seed(0)
-    cms = [torch.randint(0, 30, (12, 3, 3), generator=g) for _ in range(4)]
+    cms = [metrics.class_counts(torch.randint(0, 30, (12, 3, 3), generator=g)) for _ in range(4)]
     runs = {
         "a": [RunScores(0, [60.0, 61.0], cms[0], ("x",)), RunScores(1, [62.0, 61.5], cms[1], ("x",))],
         "b": [RunScores(0, [55.0, 54.0], cms[2], ("x",)), RunScores(1, [56.0, 57.0], cms[3], ("x",))],

@@ -103,14 +103,17 @@ def test_tensorboard_reads_the_run(run_dir):
     assert (image.width, image.height) == (3 * 32, 32)  # image | label | prediction
 
 
-def test_seglab_runs_lists_best_and_last_miou(run_dir, capsys):
+def test_seglab_runs_lists_partial_and_full_miou_apart(run_dir, capsys):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = runs.summarize_run(RunDir(run_dir))
-    assert summary["final_miou"] == records[5]["val_miou"] == summary["last_miou"]
-    assert summary["best_miou"] == max(records[2]["val_miou_partial"], records[5]["val_miou"])
+    assert summary["full_last_miou"] == summary["full_best_miou"] == records[5]["val_miou"]
+    assert (summary["full_best_step"], summary["full_last_step"]) == (6, 6)
+    assert summary["partial_best_miou"] == summary["partial_last_miou"] == records[2]["val_miou_partial"]
+    assert summary["partial_best_step"] == 3 and summary["best_checkpoint_step"] is None
     assert main(["runs", "--runs-root", str(run_dir.parent)]) == 0
     out = capsys.readouterr().out
-    assert run_dir.name in out and f"{100 * summary['final_miou']:.1f}" in out
+    assert run_dir.name in out and f"{100 * summary['full_last_miou']:.1f} @6" in out
+    assert f"{100 * summary['partial_best_miou']:.1f} @3" in out and "partial best" in out
 
 
 def test_run_names_number_up_and_cannot_escape(tmp_path):

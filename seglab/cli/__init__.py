@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("seglab.cli.models", "list basenets, decoders and datasets; params and GFLOPs per basenet x decoder"),
     "data": ("seglab.cli.data", "check a dataset's files, count its classes, convert SBD labels to PNG"),
     "train": ("seglab.cli.train", "train a basenet x decoder network; writes a monitored, resumable run folder"),
-    "runs": ("seglab.cli.runs", "list run folders with their best and last mIoU"),
+    "runs": ("seglab.cli.runs", "list run folders with their partial-val and full-val mIoU"),
     "test": ("seglab.cli.test", "evaluate a run or checkpoint: metrics with CIs, report.html/.md"),
     "compare": ("seglab.cli.compare", "compare evaluated runs: per-class deltas, curves, paired bootstrap of mIoU"),
     "bench": ("seglab.cli.bench", "params, GFLOPs and latency (eager, channels-last, compile, ONNX Runtime)"),

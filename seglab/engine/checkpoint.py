@@ -1,7 +1,8 @@
 """Crash-safe checkpoints: complete state, atomic writes, new-before-old pruning, `weights_only` loading.
 
 Layout of ``<run>/checkpoints/`` (the run store, `seglab.runs`, names the files): ``step_0000100.pt`` files
-and ``last.pt``, a hard link to the newest one. A write goes to a temp file in the same directory, is
+and ``last.pt``, a hard link to the newest one (``best.pt``, with `--keep-best`, links the step of the
+best full-val mIoU). A write goes to a temp file in the same directory, is
 fsynced and renamed, then the directory is fsynced; only then is ``last.pt`` moved and are older files
 pruned, keeping the newest two and every ``--keep`` multiple. A kill at any moment therefore leaves the
 previous complete checkpoint in place. Checkpoints hold plain data only (tensors, numbers, strings), so
@@ -38,6 +39,7 @@ from seglab.config import TrainConfig, from_dict
 from seglab.errors import CheckpointError, ConfigError, UnloadableCheckpoint
 from seglab.models import SegmentationModel, build_model
 from seglab.runs import (
+    BEST,
     LAST,
     Hook,
     RunDir,
@@ -68,7 +70,7 @@ REQUIRED = (
     "counters",
 )
 RNG_KEYS = ("python", "numpy", "torch", "cuda")
-PENDING_EVALUATIONS = ("partial", "final")
+PENDING_EVALUATIONS = ("partial", "full", "final")
 # What torch.load and zipfile raise for a file that is torn, damaged or not a checkpoint (found by fuzzing
 # saved checkpoints); OSError (I/O) and MemoryError are deliberately not here.
 LOAD_ERRORS = (
@@ -87,9 +89,9 @@ LOAD_ERRORS = (
 )
 
 
-def _point_last(ckpt_dir: Path, target: Path, hook: Hook | None = None) -> None:
-    """Make last.pt the same file as `target` (hard link; a copy where links are not supported)."""
-    last = ckpt_dir / LAST
+def _point_last(ckpt_dir: Path, target: Path, name: str = LAST, hook: Hook | None = None) -> None:
+    """Make last.pt (or `name`) the same file as `target` (hard link; a copy where links are not supported)."""
+    last = ckpt_dir / name
     temp = temp_path(last)
     temp.unlink(missing_ok=True)
     try:
@@ -115,7 +117,7 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_every: int, hoo
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = atomic_write(ckpt_dir / step_name(step), buffer.getvalue(), hook)
-    _point_last(ckpt_dir, path, hook)
+    _point_last(ckpt_dir, path, hook=hook)
     if hook is not None:
         hook("before-prune")
     pruned = 0
@@ -135,6 +137,13 @@ def _check_zip(path: Path) -> None:
         bad = archive.testzip()
     if bad is not None:
         raise zipfile.BadZipFile(f"{bad} fails its CRC check (the file is damaged)")
+
+
+def keep_best(ckpt_dir: Path, target: Path) -> Path:
+    """Make best.pt the same file as the checkpoint `target` (already written), atomically; pruning the step
+    file later leaves best.pt, a link of its own."""
+    _point_last(ckpt_dir, target, BEST)
+    return ckpt_dir / BEST
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -295,8 +304,27 @@ def entry_problems(state: dict) -> list[str]:
                 and pending["record"].get("step") == state["step"]
             )
         ),
-        "pending must be {} or an evaluation (partial or final) with the record of its step",
+        "pending must be {} or an evaluation (partial, full or final) with the record of its step",
     )
+    if "ema" in state:  # --ema: the averaged weights
+        ema = state["ema"]
+        need(
+            isinstance(ema, dict)
+            and _is_number(ema.get("decay"))
+            and _is_int(ema.get("updates"))
+            and isinstance(ema.get("model"), dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema["model"].items()),
+            "ema must hold decay, updates and the averaged model's state dict",
+        )
+    if "best" in state:  # --keep-best: the best full-val score so far
+        best = state["best"]
+        need(
+            isinstance(best, dict)
+            and _is_int(best.get("step"))
+            and _is_number(best.get("miou"))
+            and best.get("key") in ("val_miou", "val_miou_ema"),
+            "best must hold the step, mIoU and key of the best full evaluation",
+        )
     return problems
 
 
@@ -426,9 +454,18 @@ def config_of(state: dict, where: str) -> TrainConfig:
     return from_dict(TrainConfig, values, where)
 
 
+def model_weights(state: dict, ema: bool = True) -> tuple[dict, str]:
+    """Return (state dict, "ema" or "model"): a checkpoint's EMA weights when it has them and `ema`, else
+    the trained weights."""
+    if ema and isinstance(state.get("ema"), dict):
+        return state["ema"]["model"], "ema"
+    return state["model"], "model"
+
+
 @dataclass
 class LoadedRun:
-    """A model rebuilt from a checkpoint, with what the run knew: config, step, classes, where it came from."""
+    """A model rebuilt from a checkpoint, with what the run knew: config, step, classes, where it came from,
+    and which weights were loaded ("model": trained, "ema": their moving average)."""
 
     model: SegmentationModel
     config: TrainConfig
@@ -436,6 +473,7 @@ class LoadedRun:
     class_names: list[str]
     ignore_index: int
     target: Target
+    weights: str = "model"
 
     @property
     def run(self) -> RunDir | None:
@@ -443,11 +481,12 @@ class LoadedRun:
         return self.target.run
 
 
-def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path | Target, device: str | torch.device = "cpu", ema: bool = False) -> LoadedRun:
     """Return the model (eval mode, on `device`) and facts of a run folder (its last.pt) or a checkpoint file.
 
     The plugin modules the run was trained with are imported first, so a decoder or basenet that lives
-    outside seglab is rebuilt like a built-in one.
+    outside seglab is rebuilt like a built-in one. With `ema`, a checkpoint's EMA weights are loaded where
+    it has them (`LoadedRun.weights` says which).
     """
     target = path if isinstance(path, Target) else resolve_target(path)
     state = read_checkpoint(target.checkpoint, device)
@@ -462,7 +501,8 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
         pretrained=None,
         **config.decoder_options,
     )
-    load_weights(model, state["model"], target.checkpoint)
+    weights, kind = model_weights(state, ema)
+    load_weights(model, weights, target.checkpoint)
     model.to(device).eval()
     return LoadedRun(
         model,
@@ -471,4 +511,5 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
         list(state["dataset"]["class_names"]),
         int(state["dataset"]["ignore_index"]),
         target,
+        kind,
     )

@@ -138,3 +138,30 @@ def predict_logits(
             total = probs if total is None else total + probs
             passes += 1
     return total / passes
+
+
+def predict_classes(
+    model: nn.Module,
+    images_uint8: Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | Sequence[int] | None = None,
+    window_step: int | Sequence[int] | None = None,
+) -> Tensor:
+    """Return the class map int64 [N, H, W] of uint8 images [N, 3, H, W]: the argmax of `predict_logits`.
+
+    With a single pass (scale 1, no flip, no window) the logits' argmax is taken directly, as training
+    validation does: softmax does not change it, and skipping the softmax and its copies saves a third of
+    the time after the forward pass. `max(1).indices` is the argmax (the first maximal class), several
+    times faster than `argmax(1)` across the class dimension on CPU.
+    """
+    if tuple(scales) == (1.0,) and not flip and window is None:
+        if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4 or images_uint8.shape[1] != 3:
+            raise ValueError(
+                f"expected uint8 images [N, 3, H, W], got {images_uint8.dtype} {tuple(images_uint8.shape)}"
+            )
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            logits = whole_image(model, model.normalize(images_uint8.to(device)), model_stride(model))
+        return logits.max(1).indices
+    return predict_logits(model, images_uint8, scales, flip, window, window_step).max(1).indices

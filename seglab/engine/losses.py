@@ -56,6 +56,15 @@ class SegmentationLoss(nn.Module):
         weights = self.weight[torch.where(valid, target, 0)] * valid
         return (pixel * weights).sum(), weights.sum()
 
+    def normalizer(self, target: Tensor) -> Tensor:
+        """Return a batch's normalizer before OHEM: its valid pixels, each counted with its class weight; known
+        before any forward pass, so that gradient accumulation can divide every pass by the batch's total."""
+        target = target.long()
+        valid = target != self.ignore_index
+        if self.weight is None:
+            return valid.sum().float()
+        return (self.weight[torch.where(valid, target, 0)] * valid).sum()
+
     def _hard(self, pixel: Tensor, valid: Tensor) -> Tensor:
         """Return the mask of hard pixels: true-class probability below the threshold, at least min_kept."""
         with torch.no_grad():

@@ -1,5 +1,6 @@
-"""Building a training run in named steps: resume point, data, config resolution, checks, network,
-optimization, run folder, restore. `build_run` calls them in that order; `seglab.engine.train` runs the result.
+"""Building a training run in named steps: resume point, fine-tuning source, data, config resolution, checks,
+network (initialized from the source), optimization (parameter groups), EMA, run folder, restore (and
+extension), freezing. `build_run` calls them in that order; `seglab.engine.train` runs the result.
 
 Everything that can refuse a run (a setting, the data, the resume) is checked before `open_run_folder`, so a
 refused run leaves nothing behind; the run folder is then locked for this trainer before anything in it
@@ -22,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from seglab import config as cfg_mod
-from seglab.config import RESUME_MAY_CHANGE, TrainConfig
+from seglab.config import RESUME_MAY_CHANGE, RESUME_MAY_EXTEND, TrainConfig
 from seglab.data.base import FileDataset, SegmentationDataset, build_dataset
 from seglab.data.check import drop_missing, load_label
 from seglab.data.loader import AugmentedDataset, Collate, worker_init
@@ -33,11 +35,12 @@ from seglab.data.presets import augment_preset
 from seglab.data.transforms import TrainTransform, mean_fill
 from seglab.engine import checkpoint
 from seglab.engine.distributed import DistInfo
+from seglab.engine.finetune import Source, check_source, inherit, read_source, transfer_weights
 from seglab.engine.inference import model_stride
 from seglab.engine.losses import SegmentationLoss
-from seglab.engine.monitor import Monitor
+from seglab.engine.monitor import Monitor, check_trackers
 from seglab.engine.sampler import TrainBatchSampler
-from seglab.engine.schedule import build_scheduler
+from seglab.engine.schedule import build_scheduler, extend_schedule
 from seglab.engine.signals import StopFlag
 from seglab.errors import BadSampleError, ConfigError, TrainingError
 from seglab.models import SegmentationModel, build_model
@@ -56,6 +59,8 @@ from seglab.runs import (
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 LABEL_SCAN = 64
 """At most this many training labels are read before a run to refuse labels holding only 0 and the ignore index."""
+COUNTERS = {"window_loss": 0.0, "window_steps": 0, "skipped": 0, "window_grad_norm": 0.0, "window_clipped": 0}
+"""Counters kept in checkpoints: the loss (and gradient-norm) window since the last record, skipped samples."""
 
 
 @dataclass
@@ -76,22 +81,27 @@ class Resume:
 @dataclass
 class Network:
     """The model: `raw` (normalize, eval, state_dict) and `model`, what the training step calls (raw wrapped
-    in DDP and/or torch.compile); with `channels_last` inputs are laid out to match."""
+    in DDP and/or torch.compile); with `channels_last` inputs are laid out to match. `ema` holds the moving
+    average of raw's weights and buffers (`--ema`), updated after every optimizer step."""
 
     raw: SegmentationModel
     model: torch.nn.Module
     channels_last: bool = False
+    ema: AveragedModel | None = None
 
 
 @dataclass
 class Optimization:
-    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss and the autocast dtype (None: fp32)."""
+    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss, the autocast dtype (None: fp32), the
+    forward/backward passes per step (`--accumulate`) and the gradient-norm clip (0: off)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loss_fn: SegmentationLoss
     amp_dtype: torch.dtype | None
+    accumulate: int = 1
+    clip_grad: float = 0.0
 
 
 @dataclass
@@ -106,12 +116,14 @@ class Data:
 
 @dataclass
 class Progress:
-    """What changes step by step: the step, the last saved step, counters, timing and the progress bar."""
+    """What changes step by step: the step, the last saved step, counters, the best full-val score so far
+    ({"step", "miou"}, with --keep-best), timing and the progress bar."""
 
     step: int = 0
     saved_step: int = -1
     start_step: int = 0
-    counters: dict = field(default_factory=lambda: {"window_loss": 0.0, "window_steps": 0, "skipped": 0})
+    counters: dict = field(default_factory=lambda: dict(COUNTERS))
+    best: dict | None = None
     # the evaluation a signal cut short at this step ({"eval": "partial" | "final", "record": the step's
     # record}); a resume runs it before training on, so that no evaluation is lost or logged twice
     pending: dict = field(default_factory=dict)
@@ -177,16 +189,21 @@ def resolve(cfg: TrainConfig, train_set: SegmentationDataset, device: torch.devi
             f"--num-classes {cfg.num_classes} but dataset {cfg.dataset!r} has {train_set.num_classes} classes"
         )
     crop = cfg.crop or list(augment_preset(cfg.dataset).crop)
-    amp = cfg.amp
+    return dataclasses.replace(cfg, num_classes=train_set.num_classes, amp=resolve_amp(cfg.amp, device), crop=crop)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """Return --amp with auto made explicit: bf16 on a CUDA device that supports it, else off."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    return dataclasses.replace(cfg, num_classes=train_set.num_classes, amp=amp, crop=crop)
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    return amp
 
 
 def check_resume(resume: Resume, resolved: TrainConfig) -> None:
     """The one resume check: refuse any setting that differs from the checkpoint's config, except the keys
-    a resumed run may change (intervals, workers, paths, device, compile, plugins)."""
-    changed = cfg_mod.differences(resume.stored, resolved, RESUME_MAY_CHANGE)
+    a resumed run may change (intervals, workers, paths, device, compile, plugins) and the length of the
+    run, which `extend` checks."""
+    changed = cfg_mod.differences(resume.stored, resolved, RESUME_MAY_CHANGE | RESUME_MAY_EXTEND)
     if changed:
         raise TrainingError(
             f"cannot resume {resume.run.path}: these settings differ from its checkpoint "
@@ -280,9 +297,33 @@ def check_crop(cfg: TrainConfig, raw: SegmentationModel) -> None:
         )
 
 
-def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
-    """Put `model` in training mode, BatchNorm layers in eval mode when `freeze_bn`."""
+def check_accumulation(cfg: TrainConfig, info: DistInfo) -> None:
+    """Refuse a batch that does not split into --accumulate passes of equal size on every process."""
+    if cfg.batch_size % (info.world_size * cfg.accumulate):
+        raise TrainingError(
+            f"--batch-size {cfg.batch_size} does not split into --accumulate {cfg.accumulate} passes on each of "
+            f"{info.world_size} process(es): make it a multiple of {info.world_size * cfg.accumulate}"
+        )
+
+
+def basenet_frozen(cfg: TrainConfig, step: int) -> bool:
+    """Return True when the step after `step` trains without the basenet (--freeze-basenet, --unfreeze-at)."""
+    return cfg.freeze_basenet and (cfg.unfreeze_at == 0 or step < cfg.unfreeze_at)
+
+
+def freeze_basenet(raw: SegmentationModel, frozen: bool) -> None:
+    """Make the basenet's parameters trainable or not; a frozen one gets no gradients, so the optimizer skips it
+    (no update, no weight decay, no momentum)."""
+    for p in raw.basenet.parameters():
+        p.requires_grad_(not frozen)
+
+
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool, frozen_basenet: bool = False) -> None:
+    """Put `model` in training mode, BatchNorm layers in eval mode when `freeze_bn`, and the whole basenet
+    (its BatchNorm statistics, its dropout) in eval mode when `frozen_basenet`."""
     model.train()
+    if frozen_basenet:
+        model.basenet.eval()
     if freeze_bn:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -294,7 +335,8 @@ def build_network(cfg: TrainConfig, info: DistInfo, restoring: bool) -> Segmenta
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    pretrained = None if restoring or cfg.pretrained in ("", "none") else cfg.pretrained
+    # --init-from replaces every basenet weight, so ImageNet weights are not loaded (nor downloaded) first.
+    pretrained = None if restoring or cfg.init_from or cfg.pretrained in ("", "none") else cfg.pretrained
     raw = build_model(
         cfg.basenet, cfg.decoder, cfg.num_classes, cfg.output_stride, pretrained, **cfg.decoder_options
     ).to(info.device)
@@ -314,11 +356,35 @@ def wrap(cfg: TrainConfig, info: DistInfo, raw: SegmentationModel) -> torch.nn.M
     return torch.compile(model) if cfg.compile else model
 
 
+def param_groups(cfg: TrainConfig, raw: SegmentationModel) -> list[dict]:
+    """Return the optimizer's parameter groups: the basenet at --learnrate, the decoder at --difflr times it.
+
+    A frozen basenet stays in its group (without gradients it is not updated), so that unfreezing it and
+    resuming need no change of the optimizer.
+    """
+    return [
+        {"params": list(raw.basenet.parameters()), "lr": cfg.learnrate, "name": "basenet"},
+        {"params": list(raw.decoder.parameters()), "lr": cfg.learnrate * cfg.difflr, "name": "decoder"},
+    ]
+
+
+def describe_groups(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
+    """Return the runlog line of the parameter groups: parameters, peak learning rate and freezing."""
+    parts = []
+    for group in optimizer.param_groups:
+        count = sum(p.numel() for p in group["params"])
+        text = f"{group['name']} {count:,} parameters at lr {group['initial_lr']:.3g}"
+        if group["name"] == "basenet" and cfg.freeze_basenet:
+            text += f", frozen for the first {cfg.unfreeze_at} steps" if cfg.unfreeze_at else ", frozen"
+        parts.append(text)
+    return "parameter groups: " + "; ".join(parts)
+
+
 def build_optimization(
     cfg: TrainConfig, raw: SegmentationModel, total: int, info: DistInfo, ignore_index: int
 ) -> Optimization:
-    """Return SGD with momentum or AdamW over the trainable parameters, the schedule, scaler and loss."""
-    params = [p for p in raw.parameters() if p.requires_grad]
+    """Return SGD with momentum or AdamW over the parameter groups, the schedule, scaler and loss."""
+    params = param_groups(cfg, raw)
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.learnrate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
@@ -334,7 +400,19 @@ def build_optimization(
         torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16"),
         loss_fn,
         AMP_DTYPES[cfg.amp],
+        cfg.accumulate,
+        cfg.clip_grad,
     )
+
+
+def build_ema(cfg: TrainConfig, raw: SegmentationModel) -> AveragedModel | None:
+    """Return the moving average of raw's weights and BatchNorm statistics (torch's AveragedModel: its first
+    update copies the weights, then ema = decay * ema + (1 - decay) * weights), or None without --ema."""
+    if not cfg.ema:
+        return None
+    ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    ema.module.eval().requires_grad_(False)
+    return ema
 
 
 def make_loader(
@@ -424,39 +502,112 @@ def restore(run: Run, resume: Resume) -> None:
         run.monitor.message(note)
 
 
+def split_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Split the single parameter group of a checkpoint written before the basenet/decoder groups into two,
+    in place, so that runs started by an older seglab resume (both groups had the same settings)."""
+    saved = state["optimizer"]["param_groups"]
+    if len(saved) != 1 or len(optimizer.param_groups) != 2:
+        return
+    first = len(optimizer.param_groups[0]["params"])
+    params = saved[0]["params"]
+    state["optimizer"]["param_groups"] = [
+        {**saved[0], "params": params[:first], "name": "basenet"},
+        {**saved[0], "params": params[first:], "name": "decoder"},
+    ]
+
+
+def restore_extras(run: Run, resume: Resume) -> None:
+    """Restore what `restore` does not: the EMA weights, the best full-val score so far, and the counters
+    that older checkpoints lack (at their start values)."""
+    state = resume.state
+    run.progress.counters = {**COUNTERS, **run.progress.counters}
+    run.progress.best = state.get("best")
+    if run.progress.best and run.progress.best["step"] == state["step"] and run.folder is not None:
+        checkpoint.keep_best(run.folder.checkpoints, resume.path)  # a kill may have come before best.pt moved
+    if run.net.ema is not None:
+        run.net.ema.module.load_state_dict(state["ema"]["model"])
+        run.net.ema.n_averaged.fill_(state["ema"]["updates"])
+
+
+def extend(run: Run) -> str | None:
+    """Lengthen the restored schedule when the run now has more steps than it was started with (a larger
+    --iters or --epochs); refuse fewer. Return the runlog line of an extension, else None."""
+    scheduler = run.opt.scheduler
+    before = scheduler.lr_lambdas[0].total
+    if run.total == before:
+        return None
+    if run.total < before:
+        raise TrainingError(
+            f"cannot resume for {run.total} steps: the run was started for {before}; a run can be extended "
+            "(a larger --iters or --epochs), not shortened"
+        )
+    extend_schedule(scheduler, run.total)
+    return (
+        f"extended from {before} to {run.total} steps: the learning rate of steps 1-{before} is unchanged, "
+        f"steps {before + 1}-{run.total} run the {run.cfg.decaylr} decay again from {run.cfg.learnrate:g}"
+    )
+
+
 def build_run(cfg: TrainConfig, explicit: dict, info: DistInfo, resume: Resume | None, stop: StopFlag) -> Run:
     """Return the run, built step by step (restored from `resume` when continuing one)."""
+    source: Source | None = None
     if resume is not None:  # the checkpoint's config, with what the command line set on top
         cfg = dataclasses.replace(resume.stored, **{**explicit, "resume": str(resume.run.path)})
+    elif cfg.init_from:  # fine-tuning: the source's model settings unless the command line set them
+        source = read_source(cfg.init_from)
+        cfg = dataclasses.replace(cfg, **inherit(cfg, explicit, source))
     cfg = dataclasses.replace(
         cfg, dataset=cfg.dataset or ("voc" if cfg.data_root else "synthetic"), plugins=load_plugins(cfg.plugins)
     )
+    check_trackers(cfg.logger)
     notes: list[str] = []
     train_set, val_set = load_data(cfg, notes)
     cfg = resolve(cfg, train_set, info.device)
+    check_accumulation(cfg, info)
     if resume is not None:
         check_resume(resume, cfg)
         check_resume_fits(resume, train_set, info)
         check_runargs(resume, explicit)
     check_labels(cfg, train_set)
+    if source is not None:
+        check_source(cfg, source)
     # runargs.yaml and checkpoints hold no `resume`, so that `--config runargs.yaml` starts a new run.
     cfg = dataclasses.replace(cfg, resume="")
     raw = build_network(cfg, info, restoring=resume is not None)
     check_crop(cfg, raw)
+    if source is not None:
+        notes = transfer_weights(raw, cfg, source, list(train_set.classes)) + notes
     data = build_data(cfg, info, train_set, val_set, raw)
     total = cfg.iters or cfg.epochs * data.sampler.steps_per_epoch
     opt = build_optimization(cfg, raw, total, info, train_set.ignore_index)
+    ema = build_ema(cfg, raw)
     folder, lock = open_run_folder(cfg, info, resume, notes)
-    monitor = Monitor(folder, info.is_main, purge_step=resume.state["step"] + 1 if resume else None)
-    run = Run(cfg, info, Network(raw, raw, cfg.channels_last), opt, data, folder, monitor, stop, total, lock=lock)
+    monitor = Monitor(
+        folder,
+        info.is_main,
+        purge_step=resume.state["step"] + 1 if resume else None,
+        loggers=cfg.logger,
+        params=cfg_mod.to_dict(cfg),
+    )
+    run = Run(cfg, info, Network(raw, raw, cfg.channels_last, ema), opt, data, folder, monitor, stop, total, lock=lock)
     if resume is not None:
+        split_param_groups(resume.state, opt.optimizer)
         restore(run, resume)
+        restore_extras(run, resume)
         monitor.message(f"resumed from {resume.path} at step {run.progress.step}")
+        extension = extend(run)
+        if extension:
+            monitor.message(extension)
     for note in notes:
         monitor.message(note)
+    frozen = basenet_frozen(cfg, run.progress.step)
+    freeze_basenet(raw, frozen)
+    set_train_mode(raw, cfg.freeze_bn, frozen)
     run.net.model = wrap(cfg, info, raw)
+    monitor.message(describe_groups(cfg, opt.optimizer))
+    passes = f" in {cfg.accumulate} passes of {cfg.batch_size // cfg.accumulate}" if cfg.accumulate > 1 else ""
     monitor.message(
-        f"{train_set.describe()}; {total} steps of {cfg.batch_size} images "
+        f"{train_set.describe()}; {total} steps of {cfg.batch_size} images{passes} "
         f"({data.sampler.steps_per_epoch} per epoch) on {info.world_size} x {info.device}"
     )
     return run

@@ -1,8 +1,10 @@
 """`seglab train`: the training loop, readable top to bottom (`train`, `train_one_epoch`, `train_step`,
 `after_step`), with run building, checkpoints, monitoring, sampling and DDP in small modules beside it.
 
-A step is identified by the number of optimizer steps done. After step s: log (every --log-every),
-partial-val mIoU (every --eval-every), then the checkpoint (every --ckpt-every, and when stopping).
+A step is identified by the number of optimizer steps done (each of --accumulate forward/backward passes).
+After step s: log (every --log-every), partial-val mIoU (every --eval-every) or full-val mIoU (every
+--eval-full-every, and at the end; with --ema for the EMA weights too, and with --keep-best the best one
+becomes checkpoints/best.pt), then the checkpoint (every --ckpt-every, and when stopping).
 SIGTERM/SIGINT only set a flag; the loop sees it at the next step boundary (or between eval batches, or
 right after a checkpoint write), saves `last` and exits with 128 + the signal number unless the run's work,
 its final evaluation included, is done. An evaluation a signal cut short (or that was due at the step the
@@ -12,6 +14,8 @@ run's metrics equal an uninterrupted run's. Launch with `torchrun` for DDP.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import signal
 import time
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seglab import config as cfg_mod
@@ -32,16 +37,20 @@ from seglab.engine.setup import (
     Network,
     Optimization,
     Run,
+    basenet_frozen,
     build_run,
     explicit_keys,
     find_resume,
+    freeze_basenet,
     make_loader,
     set_train_mode,
+    wrap,
 )
 from seglab.engine.signals import StopFlag
 from seglab.engine.validate import validate
 from seglab.errors import TrainingError
 from seglab.metrics.confusion import segmentation_metrics
+from seglab.runs import step_name
 from seglab.visual import panel
 
 NUM_OVERLAYS = 3
@@ -75,6 +84,7 @@ def train_loop(run: Run) -> int:
     progress.bar = tqdm(
         total=run.total, initial=progress.step, desc="train", dynamic_ncols=True, disable=None if info.is_main else True
     )
+    status = "FAILED"  # what the experiment trackers are told, unless the run finishes or is stopped
     try:
         if progress.resave:
             save(run)
@@ -92,16 +102,18 @@ def train_loop(run: Run) -> int:
                 f"stopped by {name} at step {progress.step}{during}; checkpoint saved; continue with: "
                 f"seglab train --resume {where}"
             )
+            status = "KILLED"
             return 128 + (run.stop.signum or signal.SIGTERM)
         last = run.folder.last if run.folder is not None else "last.pt"
         run.monitor.message(f"finished {run.total} steps; checkpoint {last}")
+        status = "FINISHED"
         return 0
     except TrainingError as err:
         run.monitor.message(str(err))
         raise
     finally:
         progress.bar.close()
-        run.monitor.close()
+        run.monitor.close(status)
         if run.lock is not None:
             run.lock.release()
 
@@ -111,6 +123,7 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
     when signalled."""
     progress = run.progress
     for batch in batches:
+        unfreeze_if_due(run)
         outcome = train_step(run.net, run.opt, batch, run.stop, run.info, progress.step)
         progress.step += 1
         if not math.isfinite(outcome.loss):
@@ -127,6 +140,9 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
         progress.counters["skipped"] += outcome.skipped
         progress.counters["window_loss"] += outcome.loss
         progress.counters["window_steps"] += 1
+        if outcome.grad_norm is not None:
+            progress.counters["window_grad_norm"] += outcome.grad_norm
+            progress.counters["window_clipped"] += int(outcome.grad_norm > run.opt.clip_grad)
         if progress.bar is not None:
             progress.bar.update(1)
             progress.bar.set_postfix(loss=f"{outcome.loss:.4f}", refresh=False)
@@ -139,11 +155,43 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one optimizer step reports: the global mean loss, whether any rank was signalled, samples skipped."""
+    """What one optimizer step reports: the global mean loss, whether any rank was signalled, samples skipped,
+    and the global gradient norm before clipping (None without --clip-grad)."""
 
     loss: float
     stopping: bool
     skipped: int
+    grad_norm: float | None = None
+
+
+def unfreeze_if_due(run: Run) -> None:
+    """Give the basenet back to training once --unfreeze-at steps are done (DDP and torch.compile wrap anew:
+    DDP only reduces the gradients of parameters that were trainable when it was built)."""
+    raw = run.net.raw
+    due = run.cfg.freeze_basenet and run.cfg.unfreeze_at and run.progress.step == run.cfg.unfreeze_at
+    if not due or any(p.requires_grad for p in raw.basenet.parameters()):  # a resume there built it unfrozen
+        return
+    freeze_basenet(raw, False)
+    set_train_mode(raw, run.cfg.freeze_bn, False)
+    run.net.model = raw
+    gc.collect()  # the old DDP wrapper's reducer must be gone before a new one hooks the same parameters
+    run.net.model = wrap(run.cfg, run.info, raw)
+    run.monitor.message(f"after step {run.progress.step} the basenet trains too (--unfreeze-at {run.cfg.unfreeze_at})")
+
+
+def sync_gradients(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Return the context of one accumulation pass: under DDP only the last pass all-reduces gradients."""
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile keeps the wrapped module there
+    if last or not isinstance(ddp, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+def clip_gradients(raw: torch.nn.Module, opt: Optimization) -> Tensor:
+    """Clip the global gradient norm (over every parameter, after the DDP all-reduce) to --clip-grad; return
+    the norm before clipping. fp16 gradients are unscaled first, so the clip is in true units."""
+    opt.scaler.unscale_(opt.optimizer)
+    return torch.nn.utils.clip_grad_norm_(raw.parameters(), opt.clip_grad)
 
 
 def skipped_on_every_rank(batch: dict) -> list[dict]:
@@ -162,28 +210,55 @@ def step_inputs(net: Network, batch: dict) -> tuple[Tensor, Tensor]:
 
 
 def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, info: DistInfo, step: int) -> StepOutcome:
-    """Do optimizer step `step + 1` on `batch` (this rank's share of the global batch)."""
+    """Do optimizer step `step + 1` on `batch` (this rank's share of the global batch), in --accumulate
+    forward/backward passes.
+
+    Every rank decides alike from all-reduced numbers (a rank raising alone would leave the others waiting in a
+    collective): the global normalizer (valid pixels over all ranks) is reduced before any pass, so each pass's
+    loss sum is divided by it and N passes add up to the gradient of one pass over the batch; the loss, the
+    stop flag, the skipped and used sample counts and whether a rank failed are reduced after the forward
+    passes and before the last, gradient-synchronizing backward. A share whose samples were all skipped runs
+    as an empty batch, so that its rank still takes part in DDP's collectives.
+    """
     device = info.device
     images, labels = step_inputs(net, batch)
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    x = net.raw.normalize(images)
-    if net.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    try:
-        with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
-            logits = net.model(x)
-        loss_sum, norm = opt.loss_fn(logits, labels)  # fp32, outside autocast
-        failed = False
-    except ValueError as err:  # BatchNorm on one value per channel: told to every rank below, not raised alone
-        if "Expected more than 1 value per channel" not in str(err):
-            raise
-        failed, loss_sum, norm = True, torch.zeros((), device=device), torch.zeros((), device=device)
-    # One all-reduce carries the loss, its normalizer, the stop flag, the skipped and used sample counts and
-    # whether a rank failed; every rank then decides alike (a rank raising alone would leave the others waiting).
+    normalizer = distributed.all_reduce_sum(opt.loss_fn.normalizer(labels)).clamp(min=1.0)
+    opt.optimizer.zero_grad(set_to_none=True)
+    passes = [
+        (x, y)
+        for x, y in zip(images.tensor_split(opt.accumulate), labels.tensor_split(opt.accumulate), strict=True)
+        if len(x)
+    ] or [(images, labels)]
+    loss_sum = torch.zeros((), device=device)
+    norm = torch.zeros((), device=device)
+    failed, last_loss = False, None
+    for i, (part_images, part_labels) in enumerate(passes):
+        last = i == len(passes) - 1
+        with sync_gradients(net.model, last=last):
+            x = net.raw.normalize(part_images)
+            if net.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
+                    logits = net.model(x)
+                part_sum, part_norm = opt.loss_fn(logits, part_labels)  # fp32, outside autocast
+            except ValueError as err:  # BatchNorm on one value per channel: decided by every rank below
+                if "Expected more than 1 value per channel" not in str(err):
+                    raise
+                failed = True
+                break
+            scaled = opt.scaler.scale(part_sum * info.world_size / normalizer)  # DDP averages over ranks
+            if last:
+                last_loss = scaled  # its backward synchronizes gradients: only once every rank is known to go on
+            else:
+                scaled.backward()
+        loss_sum += part_sum.detach()
+        norm += part_norm
     totals = torch.stack(
         [
-            loss_sum.detach(),
+            loss_sum,
             norm,
             torch.tensor(float(stop.signum != 0), device=device),
             torch.tensor(float(len(batch["skipped"])), device=device),
@@ -205,14 +280,24 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
             f"a process; the step used {int(used)} samples on {info.world_size} processes, {int(skipped)} skipped), "
             "which BatchNorm cannot normalize while training; use a larger --batch-size or --crop, or --freeze-bn"
         )
-    global_norm = totals[1].clamp(min=1.0)
-    loss = loss_sum * info.world_size / global_norm  # DDP averages gradients over ranks
-    opt.optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(loss).backward()
+    last_loss.backward()
+    if opt.loss_fn.ohem:  # OHEM keeps a share of the pixels known only after the passes: renormalize to it
+        factor = normalizer / totals[1].clamp(min=1.0)
+        for p in net.raw.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+    grad_norm = clip_gradients(net.raw, opt) if opt.clip_grad > 0 else None
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
-    return StepOutcome(loss_total / max(norm_total, 1.0), stop_total > 0, int(skipped))
+    if net.ema is not None:
+        net.ema.update_parameters(net.raw)
+    return StepOutcome(
+        loss_total / max(norm_total, 1.0),
+        stop_total > 0,
+        int(skipped),
+        float(grad_norm) if grad_norm is not None else None,
+    )
 
 
 def after_step(run: Run, stopping: bool) -> bool:
@@ -229,6 +314,10 @@ def after_step(run: Run, stopping: bool) -> bool:
             run.progress.pending = {"eval": due, "record": record}
         elif not evaluate_and_record(run, due, record):
             stopping = True
+        elif record.get("best_checkpoint"):
+            save(run)
+            keep_best(run)
+            stopping = signalled_during_save(run)
     if stopping or step >= run.total or step % cfg.ckpt_every == 0 or (cfg.keep > 0 and step % cfg.keep == 0):
         save(run)
         stopping = stopping or signalled_during_save(run)
@@ -236,31 +325,36 @@ def after_step(run: Run, stopping: bool) -> bool:
 
 
 def due_evaluation(run: Run) -> str:
-    """Return the evaluation due after the current step: "final" (the last step), "partial" or ""."""
-    step = run.progress.step
+    """Return the evaluation due after the current step: "final" (the last step), "full" (--eval-full-every),
+    "partial" (--eval-every) or ""."""
+    step, cfg = run.progress.step, run.cfg
     if step >= run.total:
         return "final"
-    return "partial" if run.cfg.eval_every > 0 and step % run.cfg.eval_every == 0 else ""
+    if cfg.eval_full_every > 0 and step % cfg.eval_full_every == 0:
+        return "full"
+    return "partial" if cfg.eval_every > 0 and step % cfg.eval_every == 0 else ""
 
 
 def evaluate_and_record(run: Run, kind: str, record: dict) -> bool:
-    """Run the `kind` evaluation ("partial", "final" or "": none) of the current step into `record` and write
-    the record; return False, writing nothing, when a signal cut the evaluation short (it is then pending)."""
+    """Run the `kind` evaluation ("partial", "full", "final" or "": none) of the current step into `record`
+    and write the record; return False, writing nothing, when a signal cut the evaluation short (it is then
+    pending). A full evaluation that is the best so far marks the record `best_checkpoint` (--keep-best)."""
     step, val = run.progress.step, run.data.val_data
     if kind:
-        final = kind == "final"
-        indices = (
-            list(range(len(val))) if final else partial_subset(len(val), run.cfg.eval_fraction, run.cfg.seed, step)
-        )
-        cm = validate_run(run, indices, desc="val" if final else f"partial val @{step}")
-        if cm is None:
+        full = kind in ("full", "final")
+        indices = list(range(len(val))) if full else partial_subset(len(val), run.cfg.eval_fraction, run.cfg.seed, step)
+        desc = {"final": "val", "full": f"full val @{step}", "partial": f"partial val @{step}"}[kind]
+        scores = evaluate_models(run, indices, desc, "val_miou" if full else "val_miou_partial")
+        if scores is None:
             run.progress.pending = {"eval": kind, "record": record}
             return False
-        record.update(val_record(run, cm, "val_miou" if final else "val_miou_partial"))
+        record.update(scores)
         add_overlays(run, indices[:NUM_OVERLAYS])
+        if full and run.cfg.keep_best and update_best(run, record):
+            record["best_checkpoint"] = True
     run.progress.pending = {}
     run.monitor.record(record, run.total, eta_s=eta(run))
-    if "val_miou" in record:
+    if kind == "final":
         run.monitor.message(final_summary(record))
     return True
 
@@ -270,9 +364,12 @@ def finish_pending(run: Run) -> bool:
     signal stops the run again."""
     pending = run.progress.pending
     run.monitor.message(f"step {run.progress.step}: running the {pending['eval']} evaluation a signal cut short")
-    if not evaluate_and_record(run, pending["eval"], dict(pending["record"])):
+    record = dict(pending["record"])
+    if not evaluate_and_record(run, pending["eval"], record):
         return True
     save(run, force=True)
+    if record.get("best_checkpoint"):
+        keep_best(run)
     return signalled_during_save(run)
 
 
@@ -282,20 +379,62 @@ def signalled_during_save(run: Run) -> bool:
     return distributed.any_rank(run.stop.signum != 0, run.info.device)
 
 
+def evaluate_models(run: Run, indices: Sequence[int], desc: str, key: str) -> dict | None:
+    """Return {key: mIoU, "val_per_class_iou": ...} of the model on `indices` of val, and with --ema
+    {key + "_ema": mIoU} of the EMA weights; None when a signal cut the evaluation short."""
+    cm = validate_run(run, indices, desc)
+    if cm is None:
+        return None
+    scores = val_record(run, cm, key)
+    if run.net.ema is not None:
+        cm = validate_run(run, indices, f"{desc} (EMA)", run.net.ema.module)
+        if cm is None:
+            return None
+        scores[f"{key}_ema"] = val_record(run, cm, key)[key]
+    return scores
+
+
+def update_best(run: Run, record: dict) -> bool:
+    """Return True (and remember it) when this full val is the best so far: by the EMA weights' mIoU with
+    --ema (what `seglab test` evaluates), else by the model's; ties keep the earlier step."""
+    key = "val_miou_ema" if run.net.ema is not None else "val_miou"
+    score, best = record.get(key), run.progress.best
+    if score is None or (best is not None and score <= best["miou"]):
+        return False
+    run.progress.best = {"step": run.progress.step, "miou": score, "key": key}
+    return True
+
+
+def keep_best(run: Run) -> None:
+    """Point checkpoints/best.pt at the checkpoint just saved (rank 0) and say so in the runlog."""
+    if run.folder is None:
+        return
+    path = checkpoint.keep_best(run.folder.checkpoints, run.folder.checkpoints / step_name(run.progress.step))
+    best = run.progress.best
+    label = "EMA full-val" if best["key"] == "val_miou_ema" else "full-val"
+    run.monitor.message(f"step {best['step']}: best {label} mIoU so far, {100 * best['miou']:.2f}; wrote {path}")
+
+
 def log_record(run: Run) -> dict:
     """Return the record of the current step (mean loss since the previous record; epoch: the one the step
     belongs to) and reset the loss window."""
     progress, now = run.progress, time.perf_counter()
     steps = progress.counters["window_steps"]
+    rates = run.opt.scheduler.get_last_lr()
     record = {
         "step": progress.step,
         "epoch": (progress.step - 1) // run.steps_per_epoch,
         "loss": progress.counters["window_loss"] / max(steps, 1),
-        "lr": run.opt.scheduler.get_last_lr()[0],
+        "lr": rates[0],
         "images_per_s": steps * run.cfg.batch_size / max(now - progress.window_start, 1e-9),
         "skipped": progress.counters["skipped"],
     }
-    progress.counters.update(window_loss=0.0, window_steps=0)
+    if run.cfg.difflr != 1:
+        record["lr_decoder"] = rates[1]
+    if run.opt.clip_grad > 0:  # the mean norm before clipping, and how many steps of the window were clipped
+        record["grad_norm"] = progress.counters["window_grad_norm"] / max(steps, 1)
+        record["clipped_steps"] = progress.counters["window_clipped"]
+    progress.counters.update(window_loss=0.0, window_steps=0, window_grad_norm=0.0, window_clipped=0)
     progress.window_start = now
     return record
 
@@ -314,15 +453,23 @@ def val_record(run: Run, cm: Tensor, key: str) -> dict:
 
 
 def final_summary(record: dict) -> str:
-    """Return the end-of-run lines: full-val mIoU and the IoU of each class."""
+    """Return the end-of-run lines: full-val mIoU (and the EMA weights') and the IoU of each class."""
     lines = [f"final val mIoU {100 * record['val_miou']:.2f} at step {record['step']}"]
+    if record.get("val_miou_ema") is not None:
+        lines.append(f"final val mIoU of the EMA weights {100 * record['val_miou_ema']:.2f}")
     for name, iou in record["val_per_class_iou"].items():
         lines.append(f"  {name:<20} {'absent' if iou is None else f'{100 * iou:.2f}'}")
     return "\n".join(lines)
 
 
-def validate_run(run: Run, indices: Sequence[int], desc: str) -> Tensor | None:
-    """Return the val confusion matrix of `indices` (sharded over ranks); None when a signal cut it short."""
+def training_mode(run: Run) -> None:
+    """Put the model back in training mode after an evaluation (frozen parts stay in eval mode)."""
+    set_train_mode(run.net.raw, run.cfg.freeze_bn, basenet_frozen(run.cfg, run.progress.step))
+
+
+def validate_run(run: Run, indices: Sequence[int], desc: str, model: torch.nn.Module | None = None) -> Tensor | None:
+    """Return the val confusion matrix of `model` (default: the one training) on `indices` (sharded over
+    ranks); None when a signal cut it short."""
     loader = make_loader(
         run.cfg,
         run.info,
@@ -332,7 +479,7 @@ def validate_run(run: Run, indices: Sequence[int], desc: str) -> Tensor | None:
         sampler=ShardSampler(indices, run.info.rank, run.info.world_size),
     )
     cm = validate(
-        run.net.raw,
+        run.net.raw if model is None else model,
         loader,
         run.data.train_set.ignore_index,
         run.info.device,
@@ -342,7 +489,7 @@ def validate_run(run: Run, indices: Sequence[int], desc: str) -> Tensor | None:
         report=run.monitor.message,
         show=run.info.is_main,
     )
-    set_train_mode(run.net.raw, run.cfg.freeze_bn)
+    training_mode(run)
     return cm
 
 
@@ -361,7 +508,7 @@ def add_overlays(run: Run, indices: list[int]) -> None:
         image = sample["image"].to(run.info.device)
         pred = whole_image(raw, raw.normalize(image[None]), model_stride(raw)).argmax(1)[0]
         panels.append(panel(sample["image"], sample["label"], pred, train_set.palette, train_set.ignore_index))
-    set_train_mode(raw, run.cfg.freeze_bn)
+    training_mode(run)
     run.monitor.images("val/overlay", panels, run.progress.step)
 
 
@@ -399,5 +546,10 @@ def save(run: Run, force: bool = False) -> None:
                 "num_train": len(train_set),
             },
         }
+        if run.net.ema is not None:
+            ema = run.net.ema
+            state["ema"] = {"decay": run.cfg.ema, "updates": int(ema.n_averaged), "model": ema.module.state_dict()}
+        if progress.best is not None:
+            state["best"] = dict(progress.best)
         checkpoint.save_checkpoint(state, run.folder.checkpoints, progress.step, run.cfg.keep)
     progress.saved_step, progress.resave = progress.step, False

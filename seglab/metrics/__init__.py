@@ -5,8 +5,10 @@ from seglab.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_miou, paired_b
 from seglab.metrics.boundary import DEFAULT_DILATION_RATIO, band_width, boundary_band, boundary_stats
 from seglab.metrics.confusion import (
     OutOfRangeError,
+    class_counts,
     class_iou,
     confusion_matrix,
+    counts_iou,
     divide,
     mean_iou,
     nanmean,
@@ -25,8 +27,10 @@ __all__ = [
     "bootstrap_miou",
     "boundary_band",
     "boundary_stats",
+    "class_counts",
     "class_iou",
     "confusion_matrix",
+    "counts_iou",
     "divide",
     "instance_records",
     "mean_iou",

@@ -1,10 +1,11 @@
 """Bootstrap over images: confidence intervals of mIoU and paired tests of an mIoU difference.
 
-Each resample draws N images with replacement and sums their per-image confusion matrices, so no
-re-inference is needed (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, percentile
-interval). The paired test resamples the same images for two models and reads the distribution of
-the difference (Koehn, "Statistical Significance Tests for Machine Translation Evaluation", 2004).
-Draws come from a seeded NumPy generator, so a report is reproducible.
+Each resample draws N images with replacement and sums their per-image class counts (true positives,
+label and predicted pixels per class, `seglab.metrics.class_counts`), so no re-inference is needed
+(Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, percentile interval). The paired test
+resamples the same images for two models and reads the distribution of the difference (Koehn,
+"Statistical Significance Tests for Machine Translation Evaluation", 2004). Draws come from a seeded
+NumPy generator, so a report is reproducible.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglab.metrics.confusion import class_iou, nanmean
+from seglab.metrics.confusion import counts_iou, nanmean
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
@@ -30,11 +31,11 @@ def resample_weights(num_images: int, resamples: int, seed: int) -> Tensor:
     return torch.from_numpy(weights.astype(np.float64))
 
 
-def resampled_class_iou(per_image_cm: Tensor, weights: Tensor) -> Tensor:
+def resampled_class_iou(per_image: Tensor, weights: Tensor) -> Tensor:
     """Return per-class IoU [resamples, C] of each resample (NaN where a class is absent in it)."""
-    n, c, _ = per_image_cm.shape
-    summed = weights @ per_image_cm.reshape(n, c * c).to("cpu", torch.float64)
-    return class_iou(summed.view(-1, c, c))
+    n, rows, c = per_image.shape
+    summed = weights @ per_image.reshape(n, rows * c).to("cpu", torch.float64)
+    return counts_iou(summed.view(-1, rows, c))
 
 
 def _interval(samples: Tensor, level: float) -> list[float | None]:
@@ -48,14 +49,15 @@ def _interval(samples: Tensor, level: float) -> list[float | None]:
 
 
 def bootstrap_miou(
-    per_image_cm: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+    per_image: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
 ) -> dict:
     """Return the bootstrap of mIoU over images: ``miou_ci`` [low, high], ``miou_std``, ``per_class_ci``.
 
-    `per_image_cm` is [N, C, C]; per_class_ci is a list (per class) of [low, high] or [None, None].
+    `per_image` holds class counts [N, 3, C] (`seglab.metrics.class_counts` of per-image confusion
+    matrices); per_class_ci is a list (per class) of [low, high] or [None, None].
     """
-    weights = resample_weights(per_image_cm.shape[0], resamples, seed)
-    iou = resampled_class_iou(per_image_cm, weights)
+    weights = resample_weights(per_image.shape[0], resamples, seed)
+    iou = resampled_class_iou(per_image, weights)
     miou = nanmean(iou)
     return {
         "miou_ci": _interval(miou, level),
@@ -68,19 +70,19 @@ def bootstrap_miou(
 
 
 def paired_bootstrap(
-    cm_a: Tensor, cm_b: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+    a: Tensor, b: Tensor, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
 ) -> dict:
     """Return the paired bootstrap of mIoU(A) - mIoU(B) over the same images.
 
     Keys: ``diff`` (on all images), ``ci`` [low, high], ``p_value`` (two-sided: twice the share of
     resamples on the far side of zero, at least 1/resamples), ``resamples``, ``level``, ``seed``.
-    `cm_a` and `cm_b` are per-image confusion matrices [N, C, C] of the same images in the same order.
+    `a` and `b` are per-image class counts [N, 3, C] of the same images in the same order.
     """
-    if cm_a.shape != cm_b.shape:
-        raise ValueError(f"per-image confusion matrices differ in shape: {tuple(cm_a.shape)} vs {tuple(cm_b.shape)}")
-    weights = resample_weights(cm_a.shape[0], resamples, seed)
-    diffs = nanmean(resampled_class_iou(cm_a, weights)) - nanmean(resampled_class_iou(cm_b, weights))
-    diff = float(pooled_miou(cm_a) - pooled_miou(cm_b))
+    if a.shape != b.shape:
+        raise ValueError(f"per-image class counts differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    weights = resample_weights(a.shape[0], resamples, seed)
+    diffs = nanmean(resampled_class_iou(a, weights)) - nanmean(resampled_class_iou(b, weights))
+    diff = float(pooled_miou(a) - pooled_miou(b))
     below = float((diffs <= 0).double().mean())
     above = float((diffs >= 0).double().mean())
     p_value = min(1.0, max(2.0 * min(below, above), 1.0 / resamples))
@@ -94,6 +96,6 @@ def paired_bootstrap(
     }
 
 
-def pooled_miou(per_image_cm: Tensor) -> Tensor:
-    """Return the mIoU of the summed per-image confusion matrices [N, C, C]."""
-    return nanmean(class_iou(per_image_cm.sum(0).double()))
+def pooled_miou(per_image: Tensor) -> Tensor:
+    """Return the mIoU of the summed per-image class counts [N, 3, C]."""
+    return nanmean(counts_iou(per_image.sum(0).double()))

@@ -100,6 +100,18 @@ def class_iou(cm: Tensor) -> Tensor:
     return divide(tp, cm.sum(-1) + cm.sum(-2) - tp)
 
 
+def class_counts(cm: Tensor) -> Tensor:
+    """Return int64 [..., 3, C] per class of confusion matrices [..., C, C]: true positives, label pixels and
+    predicted pixels, all that the IoU of any sum of images needs (what `seglab test` keeps per image)."""
+    return torch.stack([cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)], dim=-2)
+
+
+def counts_iou(counts: Tensor) -> Tensor:
+    """Return per-class IoU, float64 [..., C], of class counts [..., 3, C] (see `class_counts`)."""
+    tp, label, pred = counts.unbind(-2)
+    return divide(tp, label + pred - tp)
+
+
 def nanmean(values: Tensor) -> Tensor:
     """Return the mean over the last axis ignoring NaN (NaN when every value is NaN)."""
     valid = ~values.isnan()

@@ -114,7 +114,7 @@ def train_probe(train: TrainConfig, probe: ProbeConfig, split: str, seed: int) -
             if step == probe.steps:
                 break
     result = evaluate(model, test_set, limit=probe.limit, gallery=0, workers=train.workers)
-    miou = float(metrics.pooled_miou(result.per_image_cm))
+    miou = float(metrics.pooled_miou(result.per_image))
     return {
         "probe_miou": None if miou != miou else miou,
         "final_loss": None if loss is None else float(loss.detach()),

@@ -10,7 +10,7 @@ from seglab import config as cfg_mod
 from seglab.config import StudyConfig, TestConfig, check_study
 from seglab.errors import TrainingError
 from seglab.plugins import load_plugins
-from seglab.runs import EvalDir
+from seglab.runs import COUNTS, EvalDir
 from seglab.study.launch import launch
 from seglab.study.plan import STATE, Cell, Job, State, plan, probe_key
 from seglab.study.predictors import answer, correlation_groups
@@ -24,12 +24,12 @@ def read_study(path: str | Path) -> StudyConfig:
 
 
 def run_scores(record: RunRecord, evaluation: EvalDir) -> RunScores:
-    """Return what the variance decomposition needs of one run: checkpoint mIoUs and per-image matrices."""
+    """Return what the variance decomposition needs of one run: checkpoint mIoUs and per-image class counts."""
     spread = record.summary.get("checkpoint_spread")
     checkpoints = [100 * e["miou"] for e in spread["checkpoints"]] if spread else [record.row["miou"]]
-    arrays = evaluation.read_arrays()
+    arrays = evaluation.read_per_image()
     ids = tuple(str(i) for i in arrays["image_ids"])
-    return RunScores(record.seed, checkpoints, torch.from_numpy(arrays["per_image_cm"]), ids)
+    return RunScores(record.seed, checkpoints, torch.from_numpy(arrays[COUNTS]), ids)
 
 
 def gather(jobs: list[Job]) -> tuple[list[RunRecord], list[RunScores]]:

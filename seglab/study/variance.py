@@ -60,11 +60,12 @@ METHOD = (
 
 @dataclass
 class RunScores:
-    """One run of a cell: its seed, mIoU (points) of its checkpoints newest first, and its per-image matrices."""
+    """One run of a cell: its seed, mIoU (points) of its checkpoints newest first, and its per-image class counts
+    (`seglab.metrics.class_counts`: [N, 3, C])."""
 
     seed: int
     checkpoints: list[float]
-    per_image_cm: torch.Tensor | None = None
+    per_image: torch.Tensor | None = None
     image_ids: tuple[str, ...] = ()
 
 
@@ -129,9 +130,9 @@ def nested_components(values: np.ndarray, level: float = LEVEL) -> dict:
 
 def bootstrap_mious(runs: list[RunScores], weights: torch.Tensor) -> np.ndarray | None:
     """Return mIoU points [runs, resamples] of each run's per-image matrices under the same resamples."""
-    if any(r.per_image_cm is None for r in runs):
+    if any(r.per_image is None for r in runs):
         return None
-    return np.stack([100 * nanmean(resampled_class_iou(r.per_image_cm, weights)).numpy() for r in runs])
+    return np.stack([100 * nanmean(resampled_class_iou(r.per_image, weights)).numpy() for r in runs])
 
 
 def decompose(runs: list[RunScores], boot: np.ndarray | None, level: float = LEVEL) -> dict:
@@ -193,11 +194,11 @@ def variance_study(
     cells: dict[str, list[RunScores]], resamples: int = 1000, seed: int = 0, level: float = LEVEL
 ) -> dict:
     """Return variance.json: the decomposition of every cell and the detectable difference of every pair."""
-    measured = [r for runs in cells.values() for r in runs if r.per_image_cm is not None]
+    measured = [r for runs in cells.values() for r in runs if r.per_image is not None]
     same = (
         bool(measured) and len(measured) == sum(map(len, cells.values())) and len({r.image_ids for r in measured}) == 1
     )
-    weights = resample_weights(measured[0].per_image_cm.shape[0], resamples, seed) if same else None
+    weights = resample_weights(measured[0].per_image.shape[0], resamples, seed) if same else None
     boots = {name: None if weights is None else bootstrap_mious(runs, weights) for name, runs in cells.items()}
     out_cells = {name: decompose(runs, boots[name], level) for name, runs in cells.items()}
     pairs = []
