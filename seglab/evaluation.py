@@ -1,7 +1,8 @@
 """`seglab test` as a library call: choose a run's checkpoint(s), evaluate each on a dataset split, write the
 evaluation folder (metrics.json, per_image_cm.npz) and the report.
 
-`test(TestConfig(run=...))` is what the command runs, and what `seglab study` calls for every run.
+`test(TestConfig(run=...))` is what the command runs, and what `seglab study` calls for every run. An
+exported .onnx file (fp32 or INT8) is evaluated the same way, through ONNX Runtime (`seglab.deployed`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import torch
 from seglab import metrics
 from seglab.config import InferenceOptions, TestConfig, TrainConfig
 from seglab.data.base import SegmentationDataset, build_dataset
-from seglab.engine.checkpoint import load_run
-from seglab.engine.distributed import resolve_device
+from seglab.deployed import OnnxModel, graph_precision, is_onnx, load_target
 from seglab.engine.evaluate import EvalResult, checkpoint_spread, evaluate, summarize
-from seglab.errors import PathError
+from seglab.errors import ConfigError, PathError
 from seglab.models.complexity import model_complexity
 from seglab.plugins import load_plugins
 from seglab.report import gallery_items, write_report
@@ -37,9 +37,12 @@ def inference_name(options: InferenceOptions) -> list[str]:
 
 
 def default_eval_name(cfg: TestConfig, single: Target | None) -> str:
-    """Return the evaluation folder name: the split, the test options and a single non-`last` checkpoint file."""
+    """Return the evaluation folder name: the split, the test options and a single non-`last` checkpoint file
+    (an exported model: onnx-fp32 or onnx-int8)."""
     parts = [cfg.split, *inference_name(cfg)]
-    if single is not None and single.checkpoint == Path(cfg.run) and single.name != "last":
+    if single is not None and is_onnx(single):
+        parts.append(f"onnx-{graph_precision(single.checkpoint)}")
+    elif single is not None and single.checkpoint == Path(cfg.run) and single.name != "last":
         parts.append(single.name)
     return "-".join(parts)
 
@@ -56,7 +59,11 @@ def eval_dir(cfg: TestConfig, targets: list[Target] | None = None) -> EvalDir:
 
 
 def model_info(model: torch.nn.Module, config: TrainConfig) -> dict:
-    """Return basenet, decoder, parameters and GFLOPs (at the run's training crop, else 512x512)."""
+    """Return basenet, decoder, parameters and GFLOPs (at the run's training crop, else 512x512); for an
+    exported model, those its export recorded, with its format, precision and file."""
+    if isinstance(model, OnnxModel):
+        recorded = model.info.get("model") or {"basenet": config.basenet, "decoder": config.decoder}
+        return {**recorded, "format": "onnx", "precision": model.precision, "file": str(model.path)}
     crop = config.crop or [512, 512]
     size = (crop[0], crop[-1])
     complexity = model_complexity(model, size=size)
@@ -94,15 +101,16 @@ def test(cfg: TestConfig) -> TestOutcome:
     Each checkpoint's mIoU with its CI is printed; with several, their spread is recorded.
     """
     load_plugins(cfg.plugins)
+    if is_onnx(cfg.run) and (cfg.checkpoints or cfg.last_k is not None):
+        raise ConfigError(f"{cfg.run} is an exported model: --checkpoints and --last-k choose checkpoints of a run")
     targets = choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
     out = eval_dir(cfg, targets)
-    device = resolve_device(cfg.device)
-    first = load_run(targets[0], device)
+    first = load_target(targets[0], cfg.device)
     dataset = test_dataset(cfg, first.config)
     dataset_name = cfg.dataset or first.config.dataset
     spread, summary, result = [], {}, None
     for i, target in enumerate(targets):
-        loaded = first if i == 0 else load_run(target, device)
+        loaded = first if i == 0 else load_target(target, cfg.device)
         res = evaluate(
             loaded.model,
             dataset,
