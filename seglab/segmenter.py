@@ -61,7 +61,10 @@ class Segmenter:
             )
         if array.ndim not in (3, 4) or array.shape[-1] != 3:
             raise ValueError(f"expected an RGB image [H, W, 3] or a batch [N, H, W, 3], got shape {array.shape}")
-        batch = torch.from_numpy(np.ascontiguousarray(array if array.ndim == 4 else array[None])).permute(0, 3, 1, 2)
+        stacked = np.ascontiguousarray(array if array.ndim == 4 else array[None])
+        if not stacked.flags.writeable:  # arrays of PIL images are read-only; torch wants writable memory
+            stacked = stacked.copy()
+        batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)
         probs = predict_logits(
             self.model, batch, scales=self.scales, flip=self.flip, window=self.window, window_step=self.window_step
         )
