@@ -15,7 +15,9 @@ import torch
 from seglab import metrics
 from seglab.config import InferenceOptions, TestConfig, TrainConfig
 from seglab.data.base import SegmentationDataset, build_dataset
-from seglab.deployed import OnnxModel, graph_precision, is_onnx, load_target
+from seglab.deployed import OnnxModel, graph_precision, is_onnx, load_onnx, onnx_device
+from seglab.engine.checkpoint import load_run
+from seglab.engine.distributed import resolve_device
 from seglab.engine.evaluate import EvalResult, checkpoint_spread, evaluate, summarize
 from seglab.errors import ConfigError, PathError
 from seglab.models.complexity import model_complexity
@@ -54,7 +56,7 @@ def eval_dir(cfg: TestConfig, targets: list[Target] | None = None) -> EvalDir:
     targets = targets if targets is not None else choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
     run = targets[0].run
     if run is None:
-        raise PathError(f"{targets[0].checkpoint} is not inside a run's checkpoints/ folder: give --out DIR")
+        raise PathError(f"{targets[0].checkpoint} is not inside a run's checkpoints/ or export/ folder: give --out DIR")
     return run.eval_dir(cfg.eval_name or default_eval_name(cfg, targets[0] if len(targets) == 1 else None))
 
 
@@ -105,12 +107,16 @@ def test(cfg: TestConfig) -> TestOutcome:
         raise ConfigError(f"{cfg.run} is an exported model: --checkpoints and --last-k choose checkpoints of a run")
     targets = choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
     out = eval_dir(cfg, targets)
-    first = load_target(targets[0], cfg.device)
+    if is_onnx(cfg.run):
+        first = load_onnx(targets[0].checkpoint, onnx_device(cfg.device))  # one target: no other checkpoints
+    else:
+        device = resolve_device(cfg.device)
+        first = load_run(targets[0], device)
     dataset = test_dataset(cfg, first.config)
     dataset_name = cfg.dataset or first.config.dataset
     spread, summary, result = [], {}, None
     for i, target in enumerate(targets):
-        loaded = first if i == 0 else load_target(target, cfg.device)
+        loaded = first if i == 0 else load_run(target, device)
         res = evaluate(
             loaded.model,
             dataset,

@@ -143,7 +143,8 @@ def predict_video(
     for folder in (entry["overlay"].parent, entry["label"], entry["probs"]):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=info.frames or None, desc=path.name, unit="frame", disable=not progress)
+    expected = info.frames or (round(info.duration * info.rate) if info.duration else None)
+    bar = tqdm(total=expected, desc=path.name, unit="frame", disable=not progress)
     with VideoWriter(entry["overlay"], info.width, info.height, info.rate) as writer:
         batch: list[np.ndarray] = []
         for frame in itertools.chain(frames, [None]):  # None flushes the last, partial batch

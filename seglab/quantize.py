@@ -264,18 +264,19 @@ def compare_on_split(
         raise ConfigError("the verification split holds no images")
     cms = {"fp32": [], "int8": []}
     same = total = 0
-    lowest, lowest_id = 1.0, ""
+    lowest, lowest_id = 2.0, ""  # above any share, so the first image sets both
     for index in tqdm(range(count), desc="verify int8", unit="img", disable=not sys.stderr.isatty()):
         image, label = dataset.load(index)
-        preds = {}
-        for name, model in (("fp32", fp32), ("int8", int8)):
-            preds[name] = predict_logits(model, image[None]).argmax(1)
-            cms[name].append(
-                metrics.per_image_confusion(preds[name], label[None], dataset.num_classes, dataset.ignore_index)[0]
-            )
+        preds = {name: predict_logits(model, image[None]).argmax(1) for name, model in (("fp32", fp32), ("int8", int8))}
+        for name, pred in preds.items():
+            try:
+                cm = metrics.per_image_confusion(pred, label[None], dataset.num_classes, dataset.ignore_index)
+            except metrics.OutOfRangeError as err:
+                raise metrics.OutOfRangeError(f"{dataset.sample_id(index)}: {err}") from err
+            cms[name].append(cm[0])
         equal = int((preds["fp32"] == preds["int8"]).sum())
         same, total = same + equal, total + preds["fp32"].numel()
-        if equal / preds["fp32"].numel() < lowest:
+        if equal / preds["fp32"].numel() < lowest:  # the first image with the lowest share
             lowest, lowest_id = equal / preds["fp32"].numel(), dataset.sample_id(index)
     fp32_cm, int8_cm = torch.stack(cms["fp32"]), torch.stack(cms["int8"])
     diff = metrics.paired_bootstrap(int8_cm, fp32_cm, resamples=resamples, seed=seed)
