@@ -12,6 +12,8 @@ on real images (`minmax`, `entropy` or `percentile`). The choices, and why:
   inference types every tensor (a tensor of unknown type cannot be quantized) and ONNX Runtime's basic
   graph optimizations fold constants and fuse what they can. Its symbolic shape inference is skipped:
   it cannot follow the graph's data-dependent padding to the stride (height and width are dynamic).
+  Before it, `read_shapes_downstream` moves Shape nodes that keep a BatchNormalization from folding
+  into its convolution.
 - **Calibration at the images' own sizes, one image at a time**: the graph has dynamic height and width,
   and calibrating at the sizes deployment sees keeps the ranges honest; ONNX Runtime's histogram
   calibrators stack the tensors of one collection step into one array, so a step holds one image
@@ -103,38 +105,42 @@ def quantize_onnx(
     """
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
+    onnx = optional_import("onnx", "onnx", "INT8 quantization")
     quantization = optional_import("onnxruntime.quantization", "onnx", "INT8 quantization")
     shape_inference = optional_import("onnxruntime.quantization.shape_inference", "onnx", "INT8 quantization")
+    methods = {
+        "minmax": quantization.CalibrationMethod.MinMax,
+        "entropy": quantization.CalibrationMethod.Entropy,
+        "percentile": quantization.CalibrationMethod.Percentile,
+    }
     out_path = Path(out_path)
-    reader = CalibrationImages(load, count)
     temp = temp_path(out_path)
-    onnx = optional_import("onnx", "onnx", "INT8 quantization")
-    with tempfile.TemporaryDirectory(prefix="seglab-int8-") as workdir:
-        graph, prepared = onnx.load(str(fp32_path)), Path(workdir) / "prepared.onnx"
-        read_shapes_downstream(graph.graph)
-        onnx.save(graph, str(Path(workdir) / "rewired.onnx"))
-        shape_inference.quant_pre_process(str(Path(workdir) / "rewired.onnx"), str(prepared), skip_symbolic_shape=True)
-        method_enum = {
-            "minmax": quantization.CalibrationMethod.MinMax,
-            "entropy": quantization.CalibrationMethod.Entropy,
-            "percentile": quantization.CalibrationMethod.Percentile,
-        }[method]
-        # The histogram calibrators print progress for every step; the bar above counts images instead.
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantization.quantize_static(
-                str(prepared),
-                str(temp),
-                reader,
-                quant_format=quantization.QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=quantization.QuantType.QUInt8,
-                weight_type=quantization.QuantType.QInt8,
-                calibrate_method=method_enum,
-                extra_options={"CalibStridedMinMax": 1},  # one image per collection step (module docstring)
-            )
-    reader.bar.close()
-    os.replace(temp, out_path)
+    reader = CalibrationImages(load, count)
+    try:
+        with tempfile.TemporaryDirectory(prefix="seglab-int8-") as workdir:
+            rewired, prepared = Path(workdir) / "rewired.onnx", Path(workdir) / "prepared.onnx"
+            model = onnx.load(str(fp32_path))
+            read_shapes_downstream(model.graph)
+            onnx.save(model, str(rewired))
+            shape_inference.quant_pre_process(str(rewired), str(prepared), skip_symbolic_shape=True)
+            # The histogram calibrators print progress for every step; the bar counts images instead.
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantization.quantize_static(
+                    str(prepared),
+                    str(temp),
+                    reader,
+                    quant_format=quantization.QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=reduce_range,
+                    activation_type=quantization.QuantType.QUInt8,
+                    weight_type=quantization.QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options={"CalibStridedMinMax": 1},  # one image per collection step (module docstring)
+                )
+        os.replace(temp, out_path)
+    finally:
+        reader.bar.close()
+        temp.unlink(missing_ok=True)
     return out_path
 
 
