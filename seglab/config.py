@@ -475,7 +475,9 @@ class ExportConfig:
         "also write model_int8.onnx: static INT8 quantization (QDQ, per-channel weights), with its argmax "
         "agreement and mIoU against fp32 on --verify-split",
     )
-    calibrate: int = option(100, "with --int8: training images (drawn at random) that calibrate activations", minimum=1)
+    calibrate: int = option(
+        100, "with --int8: training images (drawn at random) that calibrate activations", metavar="N", minimum=1
+    )
     calibration: str = option(
         "minmax", "with --int8: how activation ranges are calibrated", choices=CALIBRATION_METHODS
     )

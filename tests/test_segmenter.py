@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 
 
 def expected(run, array, **options):
-    images = torch.from_numpy(array if array.ndim == 4 else array[None]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(np.array(array if array.ndim == 4 else array[None])).permute(0, 3, 1, 2)
     return predict_logits(load_run(run).model, images, **options)
 
 

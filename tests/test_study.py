@@ -124,7 +124,7 @@ def test_result_row_takes_top1_only_for_imagenet_weights(tmp_path, pretrained):
         ),
         (
             {"basenets": ["vgg16"], "decoders": ["fcn8s"], "bench": {"backends": ["tvm"]}},
-            "bench: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'",
+            "bench: backends must be one of eager, channels_last, compile, onnxruntime, onnxruntime-int8, got 'tvm'",
         ),
     ],
 )
