@@ -1,8 +1,10 @@
 """`seglab bench`: parameters, GFLOPs and measured latency of basenet x decoder pairs or of trained runs.
 
 Every backend times the same computation, `seglab.engine.inference.DeployModel` (uint8 images in, logits out):
-PyTorch eager, eager in channels-last memory format, `torch.compile`, and ONNX Runtime running the
-graph `seglab export` writes (exported here at the benchmark's fixed shape). Each timing is the median
+PyTorch eager, eager in channels-last memory format, `torch.compile`, ONNX Runtime running the graph
+`seglab export` writes (exported here at the benchmark's fixed shape), and ONNX Runtime running that graph
+quantized to INT8 the way `seglab export --int8` quantizes it (`seglab.quantize`; calibrated here on the
+timed batch, since latency does not depend on the calibrated ranges; CPU only). Each timing is the median
 over `repeats` runs after `warmup` runs, with the interquartile range and min/max as spread; on a GPU the
 PyTorch backends are timed with CUDA events. Weights are random (pretrained=None): latency does not depend
 on their values. Results print as a table and can be written as CSV (one row per backend) and Markdown.
@@ -25,18 +27,22 @@ from torch import nn
 
 from seglab import tables
 from seglab.config import BENCH_BACKENDS, BenchConfig
+from seglab.deployed import EXPORT_INFO, INPUT_NAME, OUTPUT_NAME, onnx_session
 from seglab.engine.checkpoint import load_run
 from seglab.engine.distributed import resolve_device
 from seglab.engine.inference import DeployModel
 from seglab.errors import ConfigError
-from seglab.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session, optional_import
+from seglab.export import export_onnx
 from seglab.models import basenet_spec, build_model
 from seglab.models.complexity import model_complexity
-from seglab.plugins import load_plugins
-from seglab.runs import atomic_write, ensure_dir, evaluated_runs
+from seglab.plugins import load_plugins, optional_import
+from seglab.quantize import quantize_onnx
+from seglab.runs import RunDir, atomic_write, ensure_dir, evaluated_runs, read_json
 
 MIOU_COLUMN = "mIoU % (95% CI)"
 TOP1_COLUMN = "ImageNet top-1 %"
+INT8_COLUMN = "INT8 - fp32 mIoU, points (95% CI)"
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,12 @@ def backend_runner(
     """Return a no-argument callable that runs one forward pass of `model` on `images` with `backend`."""
     if backend not in BENCH_BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
-    if backend == "onnxruntime":
+    if backend == "onnxruntime-int8" and device.type == "cuda":
+        raise ConfigError(
+            "backend onnxruntime-int8 runs on the CPU: ONNX Runtime's CUDA provider has no INT8 kernels for "
+            "QDQ models; use --device cpu or leave onnxruntime-int8 out of --backends"
+        )
+    if backend in ONNX_BACKENDS:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             ort = optional_import("onnxruntime", "onnx", "backend onnxruntime")
@@ -104,7 +115,9 @@ def backend_runner(
                 )
             providers = ["CUDAExecutionProvider"]
         n, _, h, w = images.shape
-        path = export_onnx(copy.deepcopy(model).cpu(), workdir / "model.onnx", static_shape=(n, h, w))
+        path = export_onnx(copy.deepcopy(model).cpu(), workdir / f"{backend}.onnx", static_shape=(n, h, w))
+        if backend == "onnxruntime-int8":
+            path = quantize_onnx(path, workdir / f"{backend}-int8.onnx", lambda _: images.cpu(), 1)
         session = onnx_session(path, threads, providers)
         feed = {INPUT_NAME: images.cpu().numpy()}
         return lambda: session.run([OUTPUT_NAME], feed)
@@ -142,7 +155,7 @@ def bench_model(
         for backend in backends:
             run = backend_runner(model, backend, images, device, Path(workdir), threads)
             # ONNX Runtime returns host arrays after its own synchronization: wall-clock timing fits it.
-            clock = torch.device("cpu") if backend == "onnxruntime" else device
+            clock = torch.device("cpu") if backend in ONNX_BACKENDS else device
             results[backend] = measure(run, warmup, repeats, clock)
     return results
 
@@ -267,9 +280,11 @@ def conditions(rows: Sequence[dict]) -> str:
     onnxruntime = optional_import("onnxruntime", "onnx", "seglab bench")
 
     r = rows[0]
+    int8 = any(row["backend"] == "onnxruntime-int8" for row in rows)
+    precision = "fp32 (onnxruntime-int8: the INT8 QDQ model of `seglab export --int8`)" if int8 else "fp32"
     return (
         f"latency: median (interquartile range) in ms over {r['repeats']} runs after {r['warmup']} warm-up "
-        f"runs, batch {r['batch']}, {r['height']}x{r['width']} uint8 input, fp32, device {r['device']}, "
+        f"runs, batch {r['batch']}, {r['height']}x{r['width']} uint8 input, {precision}, device {r['device']}, "
         f"{r['threads']} CPU threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
     )
 
@@ -312,6 +327,22 @@ def result_columns(runs_root: str | Path, basenet: str, decoder: str, dataset: s
     return {MIOU_COLUMN: miou, TOP1_COLUMN: percent_cell(top1.top1) if top1 else "-"}
 
 
+def int8_columns(run: RunDir | None) -> dict[str, str]:
+    """Return the cell of the mIoU change INT8 - fp32 that `seglab export --int8` measured for a run."""
+    info_file = run.export_dir / EXPORT_INFO if run is not None else None
+    if info_file is None or not info_file.is_file():
+        return {INT8_COLUMN: "not exported"}
+    verification = (read_json(info_file, "run `seglab export --int8` again").get("int8") or {}).get("verification")
+    if not verification:
+        return {INT8_COLUMN: "no --int8 export"}
+    diff = verification["miou_diff"]
+    low, high = diff["ci"]
+    return {
+        INT8_COLUMN: f"{100 * diff['diff']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}), {verification['images']} "
+        f"{verification['dataset']} {verification['split']} images"
+    }
+
+
 def bench(cfg: BenchConfig) -> list[dict]:
     """Benchmark the runs or the grid `cfg` names, print the table and write --csv / --md; return the rows."""
     load_plugins(cfg.plugins)
@@ -320,11 +351,13 @@ def bench(cfg: BenchConfig) -> list[dict]:
     torch.set_num_threads(threads)
     try:
         device = resolve_device(cfg.device)
+        int8 = {}
         if cfg.runs:
             models = []
             for run in cfg.runs:
                 loaded = load_run(run)
                 models.append((loaded.config.basenet, loaded.config.decoder, lambda model=loaded.model: model))
+                int8[(loaded.config.basenet, loaded.config.decoder)] = int8_columns(loaded.run)
         else:
             models = [
                 (b, d, lambda b=b, d=d: build_model(b, d, cfg.num_classes)) for b in cfg.basenets for d in cfg.decoders
@@ -341,9 +374,13 @@ def bench(cfg: BenchConfig) -> list[dict]:
         )
     finally:
         torch.set_num_threads(previous)
-    extra = None
+    extra = {(b, d): {} for b, d, _ in models}
     if cfg.miou_from:
-        extra = {(b, d): result_columns(cfg.miou_from, b, d, cfg.miou_dataset) for b, d, _ in models}
+        for b, d, _ in models:
+            extra[(b, d)].update(result_columns(cfg.miou_from, b, d, cfg.miou_dataset))
+    if "onnxruntime-int8" in cfg.backends:  # for runs, the accuracy cost their INT8 export measured
+        for key, columns in int8.items():
+            extra[key].update(columns)
     table = wide_table(rows, extra)
     print(format_text(table))
     print(conditions(rows))

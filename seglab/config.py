@@ -33,7 +33,9 @@ from seglab.metrics.instances import COCO_AREA_BINS
 
 SEED_BASENETS = ("vgg16", "inception_v1", "resnet18", "mobilenet_v1", "mobilenet_v2")
 """The five basenets of the seed framework (the default grid of `seglab models` and `seglab bench`)."""
-BENCH_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
+BENCH_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+"""How `seglab export --int8` calibrates activation ranges (ONNX Runtime's calibrators)."""
 ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
 MAX_SEED = 2**32 - 1
@@ -555,7 +557,11 @@ class TestConfig(InferenceOptions):
     __test__ = False  # not a pytest test class
 
     run: str = option(
-        "", "run folder (uses checkpoints/last.pt) or a checkpoint file", positional=True, required=True, metavar="RUN"
+        "",
+        "run folder (uses checkpoints/last.pt), a checkpoint file, or an exported .onnx model (fp32 or INT8)",
+        positional=True,
+        required=True,
+        metavar="RUN",
     )
     split: str = option("val", "dataset split to evaluate")
     out: str = option("", "output folder (default RUN/eval/NAME)")
@@ -624,11 +630,15 @@ class PredictConfig(InferenceOptions):
     """`seglab predict`: segment image files with a run; label PNGs, overlays and probabilities."""
 
     run: str = option(
-        "", "run folder (uses checkpoints/last.pt) or a checkpoint file", positional=True, required=True, metavar="RUN"
+        "",
+        "run folder (uses checkpoints/last.pt), a checkpoint file, or an exported .onnx model",
+        positional=True,
+        required=True,
+        metavar="RUN",
     )
     images: list[str] = option(
         [],
-        "image files, folders and glob patterns (quote them)",
+        "image and video (.mp4 .mkv .avi .webm) files, folders and glob patterns (quote them)",
         positional=True,
         required=True,
         paths=True,
@@ -638,6 +648,8 @@ class PredictConfig(InferenceOptions):
     save_probs: str | None = option(
         None, "also write float16 class probabilities [K, H, W] in this format", choices=("npy", "safetensors")
     )
+    batch_size: int = option(8, "video frames segmented per forward pass", metavar="N", minimum=1)
+    frame_labels: bool = option(False, "also write each video frame's label PNG: labels/<video>/000001.png ...")
     device: str = option("auto", DEVICE_HELP)
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
@@ -660,6 +672,26 @@ class ExportConfig(CheckedConfig):
         metavar="IMAGE",
         paths=True,
     )
+    int8: bool = option(
+        False,
+        "also write model_int8.onnx: static INT8 quantization (QDQ, per-channel weights), with its argmax "
+        "agreement and mIoU against fp32 on --verify-split",
+    )
+    calibrate: int = option(
+        100, "with --int8: training images (drawn at random) that calibrate activations", metavar="N", minimum=1
+    )
+    calibration: str = option(
+        "minmax", "with --int8: how activation ranges are calibrated", choices=CALIBRATION_METHODS
+    )
+    calibrate_split: str = option(
+        "", "with --int8: split of the calibration images (default: the run's training split)"
+    )
+    reduce_range: bool = option(False, "with --int8: 7-bit weights, for x86 CPUs without VNNI (avoids saturation)")
+    verify_split: str = option("val", "with --int8: split on which the fp32 and INT8 models are compared")
+    verify_limit: int = option(
+        500, "with --int8: compare on the first N images of --verify-split (0: all)", metavar="N", minimum=0
+    )
+    data_root: str = option("", "with --int8: dataset root of the run's dataset (default: the run's)")
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from seglab.config import CORRUPTIONS, SEVERITIES
 from seglab.errors import ConfigError, DatasetError
-from seglab.export import optional_import
+from seglab.plugins import optional_import
 
 MIN_SIDE = 32
 """The smallest image side the `imagecorruptions` definitions accept."""

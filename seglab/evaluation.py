@@ -3,7 +3,8 @@ evaluation folder (metrics.json, per_image_cm.npz) and the report.
 
 `test(TestConfig(run=...))` is what the command runs, and what `seglab study` calls for every run. Under
 `torchrun` every process evaluates a share of the images (`seglab.engine.evaluate`) and rank 0 writes.
-A checkpoint's EMA weights are evaluated where it has them, unless `--no-ema`.
+A checkpoint's EMA weights are evaluated where it has them, unless `--no-ema`. An exported .onnx file
+(fp32 or INT8) is evaluated the same way, through ONNX Runtime (`seglab.deployed`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from seglab import metrics
 from seglab.config import InferenceOptions, TestConfig, TrainConfig
 from seglab.corruptions import CorruptedDataset, corruption_names, robustness_summary
 from seglab.data.base import SegmentationDataset, build_dataset
+from seglab.deployed import OnnxModel, graph_precision, is_onnx, load_onnx, onnx_device
 from seglab.engine import distributed
 from seglab.engine.checkpoint import load_run
 from seglab.engine.evaluate import EvalResult, checkpoint_spread, evaluate, summarize
 from seglab.engine.setup import AMP_DTYPES, resolve_amp
-from seglab.errors import PathError
+from seglab.errors import ConfigError, PathError
 from seglab.models.complexity import model_complexity
 from seglab.plugins import load_plugins
 from seglab.report import gallery_items, write_report
@@ -42,11 +44,14 @@ def inference_name(options: InferenceOptions) -> list[str]:
 
 
 def default_eval_name(cfg: TestConfig, single: Target | None) -> str:
-    """Return the evaluation folder name: the split, the test options and a single non-`last` checkpoint file."""
+    """Return the evaluation folder name: the split, the test options and a single non-`last` checkpoint file
+    (an exported model: onnx-fp32 or onnx-int8)."""
     parts = [cfg.split, *inference_name(cfg)]
     if not cfg.ema:
         parts.append("noema")
-    if single is not None and single.checkpoint == Path(cfg.run) and single.name != "last":
+    if single is not None and is_onnx(single):
+        parts.append(f"onnx-{graph_precision(single.checkpoint)}")
+    elif single is not None and single.checkpoint == Path(cfg.run) and single.name != "last":
         parts.append(single.name)
     return "-".join(parts)
 
@@ -58,12 +63,16 @@ def eval_dir(cfg: TestConfig, targets: list[Target] | None = None) -> EvalDir:
     targets = targets if targets is not None else choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
     run = targets[0].run
     if run is None:
-        raise PathError(f"{targets[0].checkpoint} is not inside a run's checkpoints/ folder: give --out DIR")
+        raise PathError(f"{targets[0].checkpoint} is not inside a run's checkpoints/ or export/ folder: give --out DIR")
     return run.eval_dir(cfg.eval_name or default_eval_name(cfg, targets[0] if len(targets) == 1 else None))
 
 
 def model_info(model: torch.nn.Module, config: TrainConfig) -> dict:
-    """Return basenet, decoder, parameters and GFLOPs (at the run's training crop, else 512x512)."""
+    """Return basenet, decoder, parameters and GFLOPs (at the run's training crop, else 512x512); for an
+    exported model, those its export recorded, with its format, precision and file."""
+    if isinstance(model, OnnxModel):
+        recorded = model.info.get("model") or {"basenet": config.basenet, "decoder": config.decoder}
+        return {**recorded, "format": "onnx", "precision": model.precision, "file": str(model.path)}
     crop = config.crop or [512, 512]
     size = (crop[0], crop[-1])
     complexity = model_complexity(model, size=size)
@@ -141,11 +150,16 @@ def _say(info: distributed.DistInfo, text: str) -> None:
 
 
 def _test(cfg: TestConfig, info: distributed.DistInfo) -> TestOutcome | None:
+    if is_onnx(cfg.run) and (cfg.checkpoints or cfg.last_k is not None):
+        raise ConfigError(f"{cfg.run} is an exported model: --checkpoints and --last-k choose checkpoints of a run")
     targets = choose_checkpoints(cfg.run, cfg.checkpoints, cfg.last_k)
     out = eval_dir(cfg, targets)
     device = info.device
     amp = resolve_amp(cfg.amp, device)
-    first = load_run(targets[0], device, ema=cfg.ema)
+    if is_onnx(cfg.run):
+        first = load_onnx(targets[0].checkpoint, onnx_device(cfg.device))  # one target: no other checkpoints
+    else:
+        first = load_run(targets[0], device, ema=cfg.ema)
     dataset = test_dataset(cfg, first.config)
     dataset_name = cfg.dataset or first.config.dataset
     options = {

@@ -1,4 +1,5 @@
-"""`seglab export`: a run's model as ONNX (dynamic batch, height and width) and as safetensors weights.
+"""`seglab export`: a run's model as ONNX (dynamic batch, height and width) and as safetensors weights, and
+with `--int8` as a statically quantized INT8 ONNX model whose accuracy cost is measured at export time.
 
 The exported graph is `seglab.engine.inference.DeployModel`: it takes uint8 RGB images [N, 3, H, W] and
 returns float32 logits [N, num_classes, H, W]. Normalization with the basenet's mean/std and the padding to
@@ -7,6 +8,11 @@ the ONNX output equals seglab's own whole-image inference. The graph comes from 
 (`torch.onnx.export(..., dynamo=True)`); every export is checked with `onnx.checker` and run with
 ONNX Runtime on real photos of two or more sizes, and the largest absolute logit difference to
 PyTorch must stay within a tolerance, otherwise the export fails.
+
+With `--int8`, `seglab.quantize` writes model_int8.onnx next to model.onnx (calibrated on training images),
+reports which operators stayed fp32, and both ONNX models are evaluated on a split (`--verify-split`):
+argmax agreement, the mIoU of each and a paired bootstrap CI of the difference, printed and stored in
+export.json.
 """
 
 from __future__ import annotations
@@ -23,18 +29,21 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 
-from seglab.config import EXPORT_ATOL, ONNX_OPSET, ExportConfig, TrainConfig
+from seglab import quantize
+from seglab.config import EXPORT_ATOL, ONNX_OPSET, ExportConfig, TrainConfig, to_dict
+from seglab.data.base import build_dataset
 from seglab.data.io import PHOTO_FORMATS, read_image
-from seglab.engine.checkpoint import load_run
+from seglab.deployed import INPUT_NAME, OUTPUT_NAME, WEIGHTS_FILE, OnnxModel, onnx_session
+from seglab.engine.checkpoint import LoadedRun, load_run
 from seglab.engine.inference import DeployModel
 from seglab.errors import CheckpointError, ExportError, PathError
+from seglab.evaluation import model_info
 from seglab.models import build_model
 from seglab.models.meta import SegmentationModel
 from seglab.plugins import load_plugins, optional_import
 from seglab.runs import atomic_write, ensure_dir, resolve_target
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+INT8_FILE = "model_int8.onnx"
 
 
 def export_onnx(
@@ -94,16 +103,6 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """Return an onnxruntime InferenceSession (`threads` intra-op threads; 0 lets onnxruntime choose)."""
-    ort = optional_import("onnxruntime", "onnx", "ONNX Runtime")
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-
-
 def sample_photos() -> list[Tensor]:
     """Return scikit-image's sample photos astronaut (512x512) and chelsea (300x451) as uint8 [3, H, W]."""
     data = optional_import("skimage.data", "onnx", "verifying an export on sample photos (or pass --verify-images)")
@@ -146,8 +145,11 @@ def verify_onnx(
     return results
 
 
-def model_metadata(model: SegmentationModel, config: TrainConfig, class_names: Sequence[str]) -> dict[str, str]:
-    """Return the string metadata stored with exported weights: what `build_model` needs, classes, mean/std."""
+def model_metadata(
+    model: SegmentationModel, config: TrainConfig, class_names: Sequence[str], ignore_index: int = 255, step: int = 0
+) -> dict[str, str]:
+    """Return the string metadata stored with exported weights: what `build_model` needs, classes, mean/std,
+    and the run's config and step (its dataset is what `seglab test MODEL.onnx` evaluates on by default)."""
     return {
         "basenet": config.basenet,
         "decoder": config.decoder,
@@ -158,14 +160,24 @@ def model_metadata(model: SegmentationModel, config: TrainConfig, class_names: S
         "class_names": json.dumps(list(class_names)),
         "input_mean": json.dumps(list(model.input_mean)),
         "input_std": json.dumps(list(model.input_std)),
+        "ignore_index": str(ignore_index),
+        "step": str(step),
+        "config": json.dumps(to_dict(config)),
     }
 
 
-def save_weights(model: SegmentationModel, path: str | Path, config: TrainConfig, class_names: Sequence[str]) -> Path:
+def save_weights(
+    model: SegmentationModel,
+    path: str | Path,
+    config: TrainConfig,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+    step: int = 0,
+) -> Path:
     """Save the model's state dict as safetensors, with the metadata (from its run's config) that rebuilds it."""
     path = Path(path)
     ensure_dir(path.parent, "--out")
-    save_model(model, str(path), metadata=model_metadata(model, config, class_names))
+    save_model(model, str(path), metadata=model_metadata(model, config, class_names, ignore_index, step))
     return path
 
 
@@ -193,9 +205,74 @@ def load_weights(path: str | Path) -> SegmentationModel:
     return model.eval()
 
 
+def export_int8(cfg: ExportConfig, loaded: LoadedRun, fp32_path: Path) -> dict:
+    """Quantize the exported fp32 model, report what stayed fp32, compare both on --verify-split; return the
+    export.json "int8" entry."""
+    config = loaded.config
+    data_root = cfg.data_root or config.data_root or None
+    calibration_split = cfg.calibrate_split or config.train_split
+    calibration_set = build_dataset(config.dataset, data_root, calibration_split, **config.dataset_options)
+    indices = quantize.calibration_indices(len(calibration_set), cfg.calibrate)
+    path = quantize.quantize_onnx(
+        fp32_path,
+        fp32_path.parent / INT8_FILE,
+        lambda i: calibration_set.load(indices[i])[0],
+        len(indices),
+        cfg.calibration,
+        cfg.reduce_range,
+    )
+    report = quantize.graph_report(path)
+    print(
+        f"wrote {path} (INT8, QDQ: int8 weights per channel{' in 7 bits' if cfg.reduce_range else ''}, uint8 "
+        f"activations calibrated ({cfg.calibration}) on {len(indices)} {config.dataset} {calibration_split} images)"
+    )
+    print(f"  quantized: {quantize.op_counts_text(report['quantized'])}")
+    print(f"  stayed fp32: {quantize.nodes_text(report['fp32'])}")
+    print(
+        f"  ONNX Runtime (CPU) runs {quantize.op_counts_text(report['runtime_int8'])} in integers and these "
+        f"in fp32: {quantize.nodes_text(report['runtime_fp32'])}"
+    )
+    verify_set = build_dataset(config.dataset, data_root, cfg.verify_split, **config.dataset_options)
+    mean, std = loaded.model.input_mean, loaded.model.input_std
+    comparison = quantize.compare_on_split(
+        OnnxModel(fp32_path, mean, std, loaded.model.num_classes),
+        OnnxModel(path, mean, std, loaded.model.num_classes),
+        verify_set,
+        cfg.verify_limit,
+    )
+    diff = comparison["miou_diff"]
+    low, high = diff["ci"]
+    print(
+        f"  on {comparison['images']} {config.dataset} {cfg.verify_split} images: argmax agreement with fp32 "
+        f"{100 * comparison['agreement']:.2f}% (lowest image {100 * comparison['lowest_agreement']:.2f}%, "
+        f"{comparison['lowest_agreement_id']}); mIoU fp32 {_pct(comparison['miou_fp32'])}, INT8 "
+        f"{_pct(comparison['miou_int8'])}, INT8 - fp32 {100 * diff['diff']:+.2f} points "
+        f"(95% CI {100 * low:+.2f} to {100 * high:+.2f})"
+    )
+    return {
+        "onnx": path.name,
+        "format": "QDQ",
+        "weights": "int8, symmetric, per channel" + (", 7-bit range" if cfg.reduce_range else ""),
+        "activations": "uint8, asymmetric, per tensor",
+        "calibration": {
+            "method": cfg.calibration,
+            "images": len(indices),
+            "dataset": config.dataset,
+            "split": calibration_split,
+            "indices": indices,
+        },
+        "graph": report,
+        "verification": {"dataset": config.dataset, "split": cfg.verify_split, **comparison},
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def export(cfg: ExportConfig) -> dict:
-    """Export a run's model to ONNX and safetensors, verify the ONNX file, print the comparison and write
-    export.json; return its content."""
+    """Export a run's model to ONNX and safetensors (and with --int8 an INT8 ONNX model), verify, print the
+    comparisons and write export.json; return its content."""
     load_plugins(cfg.plugins)
     target = resolve_target(cfg.run)
     loaded = load_run(target, "cpu")
@@ -219,7 +296,10 @@ def export(cfg: ExportConfig) -> dict:
             f"{check['max_abs_diff']:.3g} (tolerance {cfg.atol:g}), argmax agreement "
             f"{100 * check['label_agreement']:.3f}%"
         )
-    weights = save_weights(model, out / "model.safetensors", loaded.config, loaded.class_names)
+    metadata = model_metadata(model, loaded.config, loaded.class_names, loaded.ignore_index, loaded.step)
+    weights = save_weights(
+        model, out / WEIGHTS_FILE, loaded.config, loaded.class_names, loaded.ignore_index, loaded.step
+    )
     print(f"wrote {weights}")
     info = {
         "onnx": onnx_path.name,
@@ -229,7 +309,10 @@ def export(cfg: ExportConfig) -> dict:
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", 3, "H", "W"], "channels": "RGB"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", model.num_classes, "H", "W"]},
         "checks": checks,
-        **model_metadata(model, loaded.config, loaded.class_names),
+        "model": model_info(model, loaded.config),
+        **metadata,
     }
+    if cfg.int8:
+        info["int8"] = export_int8(cfg, loaded, onnx_path)
     atomic_write(out / "export.json", json.dumps(info, indent=2) + "\n")
     return info

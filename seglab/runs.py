@@ -478,7 +478,7 @@ def new_run(runs_root: str | Path, basenet: str, decoder: str, run_name: str = "
 
 @dataclass(frozen=True)
 class Target:
-    """What a command line named: a checkpoint file and the run it belongs to (None for a loose file)."""
+    """What a command line named: a checkpoint or exported-model file and its run (None for a loose file)."""
 
     checkpoint: Path
     run: RunDir | None
@@ -487,7 +487,8 @@ class Target:
 
 def resolve_target(path: str | Path) -> Target:
     """Return the checkpoint a command was pointed at: a run folder means its checkpoints/last.pt; a file
-    inside <run>/checkpoints/ belongs to that run; any other file is a loose checkpoint."""
+    inside <run>/checkpoints/ (or an exported model in <run>/export/) belongs to that run; any other file
+    is a loose checkpoint."""
     path = Path(path)
     if not path.exists():
         raise PathError(f"{path} does not exist: give a run folder or a checkpoint file")
@@ -500,7 +501,7 @@ def resolve_target(path: str | Path) -> Target:
             )
         return Target(run.last, run, "last")
     parent = path.parent
-    run = RunDir(parent.parent) if parent.name == CHECKPOINTS and is_run(parent.parent) else None
+    run = RunDir(parent.parent) if parent.name in (CHECKPOINTS, EXPORT) and is_run(parent.parent) else None
     return Target(path, run, path.stem)
 
 

@@ -1,4 +1,5 @@
-"""`seglab bench`: latency statistics, complexity numbers, backends that compute the same thing, tables."""
+"""`seglab bench`: latency statistics, complexity numbers, backends that compute the same thing (INT8: its
+quantized version), tables."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import shlex
 import time
 
+import onnx
 import pytest
 import torch
 from deploy_fixtures import FE, randomize_decoder
@@ -73,6 +75,21 @@ def test_every_backend_computes_the_deployed_model(tmp_path):
         backend_runner(model, "tensorrt", images, torch.device("cpu"), tmp_path, threads=1)
 
 
+def test_int8_backend_runs_the_quantized_deployed_model(tmp_path):
+    model = randomize_decoder(build_model(FE, "fcn8s", 4))
+    images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = DeployModel(model)(images)
+    out = torch.as_tensor(backend_runner(model, "onnxruntime-int8", images, torch.device("cpu"), tmp_path, 1)()[0])
+    assert out.shape == expected.shape
+    assert (out.argmax(1) == expected.argmax(1)).float().mean() > 0.75  # INT8 of the same model, not fp32 itself
+    assert not torch.allclose(out, expected, atol=1e-4)
+    graph = onnx.load(str(tmp_path / "onnxruntime-int8-int8.onnx")).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+    with pytest.raises(ConfigError, match="backend onnxruntime-int8 runs on the CPU"):
+        backend_runner(model, "onnxruntime-int8", images, torch.device("cuda"), tmp_path, threads=1)
+
+
 def test_rows_and_tables():
     rows = bench_rows(
         [(FE, "fcn8s", lambda: build_model(FE, "fcn8s", 21))],
@@ -124,7 +141,8 @@ def test_bench_cli_writes_csv_and_markdown(tmp_path, capsys):
     assert "eager ms" in capsys.readouterr().out
     assert seglab(["bench", "--basenets", FE, "--backends", "eager,tvm"]) == 1
     assert (
-        "seglab bench: error: --backends: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'"
+        "seglab bench: error: --backends: backends must be one of eager, channels_last, compile, onnxruntime, "
+        "onnxruntime-int8, got 'tvm'"
     ) in capsys.readouterr().err
     assert seglab(["bench", "--basenets", FE, "--backends", "compile", "--warmup", "0"]) == 1
     assert "compile needs --warmup 1 or more" in capsys.readouterr().err

@@ -26,6 +26,8 @@ def places(tmp_path):
     broken.mkdir()
     (broken / "metrics.json").write_text("{not json")
     (tmp_path / "img.png").write_bytes(b"")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "model.onnx").write_bytes(b"not onnx")
     return tmp_path
 
 
@@ -35,6 +37,10 @@ CASES = {
     "test, unreadable": (
         ["test", "{garbage}", "--out", "{plain}/o"],
         "seglab test: error: checkpoint {garbage} cannot be loaded",
+    ),
+    "test, onnx without export files": (
+        ["test", "{onnx}", "--out", "{plain}/o"],
+        "seglab test: error: {onnx}: neither export.json nor model.safetensors beside it",
     ),
     "export, missing": (["export", "{missing}"], "seglab export: error: {missing} does not exist"),
     "export, no run": (["export", "{plain}"], "seglab export: error: {plain} is not a run folder"),
@@ -127,6 +133,7 @@ def test_user_errors_are_one_line_naming_the_path(case, places, capsys):
         "garbage_yaml": places / "garbage.yaml",
         "broken": places / "broken-eval",
         "img": places / "img.png",
+        "onnx": places / "loose" / "model.onnx",
     }
     assert main([a.format(**names) for a in argv]) == 1
     err = capsys.readouterr().err

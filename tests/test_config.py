@@ -193,11 +193,14 @@ def test_old_flag_spellings_are_hidden_aliases():
         (TestConfig, ["--last-k", "0"], "--last-k: last_k must be at least 1, got 0"),
         (TestConfig, ["--size-bins", "9", "3"], "--size-bins takes two increasing areas SMALL,MEDIUM, got [9, 3]"),
         (BenchConfig, ["--size", "1", "2", "3"], "--size takes S or H W, got 3 numbers"),
+        (config.ExportConfig, ["--calibrate", "0"], "--calibrate: calibrate must be at least 1, got 0"),
+        (PredictConfig, ["--batch-size", "0"], "--batch-size: batch_size must be at least 1, got 0"),
         (BenchConfig, ["--backends", "compile", "--warmup", "0"], "compile needs --warmup 1 or more"),
         (
             BenchConfig,
             ["--backends", "tvm"],
-            "--backends: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'",
+            "--backends: backends must be one of eager, channels_last, compile, onnxruntime, onnxruntime-int8, "
+            "got 'tvm'",
         ),
         (TrainConfig, ["--crop", "1", "2", "3"], "--crop takes SIZE or HEIGHT WIDTH, got [1, 2, 3]"),
         (TrainConfig, ["--scale-range", "0.5"], "--scale-range takes MIN MAX, got [0.5]"),

@@ -1,19 +1,24 @@
-"""`seglab export`: ONNX graphs with dynamic H/W match PyTorch and seglab's inference; safetensors round trip."""
+"""`seglab export`: ONNX graphs with dynamic H/W match PyTorch and seglab's inference; safetensors round trip;
+`--int8` writes a quantized model whose measured accuracy cost `seglab test` and `seglab compare` reproduce."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_fixtures import FE, photo_crops, randomize_decoder, train_tiny_run
+from deploy_fixtures import FE, photo_crops, randomize_decoder, randomize_run, train_tiny_run
+from PIL import Image
 from safetensors import safe_open
 
-from seglab import build_model
+from seglab import build_model, metrics
 from seglab.cli import main as seglab
 from seglab.config import TrainConfig
+from seglab.data.base import build_dataset
 from seglab.engine.inference import DeployModel, predict_logits
 from seglab.errors import CheckpointError, ExportError
 from seglab.export import (
@@ -23,6 +28,7 @@ from seglab.export import (
     save_weights,
     verify_onnx,
 )
+from seglab.runs import EvalDir
 
 NUM_CLASSES = 5
 
@@ -134,3 +140,97 @@ def test_export_cli_on_a_run(tmp_path, capsys):
 def test_export_cli_reports_a_missing_run(tmp_path, capsys):
     assert seglab(["export", str(tmp_path / "nowhere")]) == 1
     assert f"seglab export: error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A tiny run with random decoder weights, exported with --int8; (run folder, what the export printed)."""
+    root = tmp_path_factory.mktemp("int8")
+    run = randomize_run(train_tiny_run(root / "runs"))
+    photos = []
+    for i, photo in enumerate(photo_crops()):
+        photos.append(root / f"photo{i}.png")
+        Image.fromarray(photo.permute(1, 2, 0).numpy()).save(photos[-1])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        argv = ["export", str(run), "--int8", "--calibrate", "3", "--verify-limit", "3", "--verify-images"]
+        assert seglab([*argv, *map(str, photos)]) == 0
+    return run, printed.getvalue()
+
+
+def test_int8_export_measures_its_accuracy_cost(int8_run):
+    run, printed = int8_run
+    info = json.loads((run / "export" / "export.json").read_text())
+    int8 = info["int8"]
+    assert int8["onnx"] == "model_int8.onnx" and (run / "export" / "model_int8.onnx").is_file()
+    calibration = int8["calibration"]
+    assert (calibration["method"], calibration["images"], calibration["split"]) == ("minmax", 3, "train")
+    assert len(set(calibration["indices"])) == 3
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(run / "export" / "model.onnx")).graph.node)
+    assert int8["graph"]["quantized"]["Conv"] == convs
+    assert {n["op"] for n in int8["graph"]["fp32"]} == {"Cast", "Sub", "Div"}  # the input normalization
+    check = int8["verification"]
+    assert (check["images"], check["dataset"], check["split"]) == (3, "synthetic", "val")  # capped at 3 of 4
+    # Recomputed from the two files with ONNX Runtime directly.
+    dataset = build_dataset("synthetic", None, "val", length=4, size=32)
+    sessions = {p: onnx_session(run / "export" / f"{p}.onnx") for p in ("model", "model_int8")}
+    preds, cms = {p: [] for p in sessions}, {p: [] for p in sessions}
+    for i in range(3):
+        image, label = dataset.load(i)
+        for name, session in sessions.items():
+            pred = torch.from_numpy(session.run(["logits"], {"image": image[None].numpy()})[0]).argmax(1)
+            preds[name].append(pred)
+            cms[name].append(metrics.confusion_matrix(pred, label[None], 6, 255))
+    agreement = float(torch.cat(preds["model"]).eq(torch.cat(preds["model_int8"])).double().mean())
+    assert 0.5 < check["agreement"] == pytest.approx(agreement, abs=1e-12)
+    fp32_miou, int8_miou = (float(metrics.mean_iou(torch.stack(cms[p]).sum(0))) for p in sessions)
+    assert check["miou_fp32"] == pytest.approx(fp32_miou, abs=1e-12)
+    assert check["miou_int8"] == pytest.approx(int8_miou, abs=1e-12)
+    assert check["miou_diff"]["diff"] == pytest.approx(int8_miou - fp32_miou, abs=1e-12)
+    assert f"wrote {run / 'export' / 'model_int8.onnx'} (INT8, QDQ: int8 weights per channel" in printed
+    assert "calibrated (minmax) on 3 synthetic train images" in printed
+    assert f"on 3 synthetic val images: argmax agreement with fp32 {100 * check['agreement']:.2f}%" in printed
+    assert "stayed fp32: Cast (node_" in printed and "ONNX Runtime (CPU) runs QLinear" in printed
+
+
+def test_seglab_test_evaluates_both_exported_models_and_compare_pairs_them(int8_run, tmp_path):
+    run, _ = int8_run
+    check = json.loads((run / "export" / "export.json").read_text())["int8"]["verification"]
+    quick = ["--limit", "3", "--workers", "0", "--bootstrap", "50"]
+    for target in (run, run / "export" / "model.onnx", run / "export" / "model_int8.onnx"):
+        assert seglab(["test", str(target), *quick]) == 0
+    evaluations = {name: EvalDir(run / "eval" / name) for name in ("val", "val-onnx-fp32", "val-onnx-int8")}
+    summaries = {name: e.read_summary() for name, e in evaluations.items()}
+    assert all((e.path / "report.html").is_file() for e in evaluations.values())
+    # fp32 ONNX predicts what PyTorch predicts, pixel for pixel; both match what the export measured.
+    cms = {name: e.read_arrays()["per_image_cm"] for name, e in evaluations.items()}
+    assert np.array_equal(cms["val-onnx-fp32"], cms["val"])
+    assert summaries["val-onnx-fp32"]["miou"] == pytest.approx(check["miou_fp32"], abs=1e-12)
+    assert summaries["val-onnx-int8"]["miou"] == pytest.approx(check["miou_int8"], abs=1e-12)
+    model = summaries["val-onnx-int8"]["model"]
+    assert (model["format"], model["precision"], model["basenet"]) == ("onnx", "int8", FE)
+    assert model["params"] == summaries["val"]["model"]["params"]
+    out = tmp_path / "compare"
+    assert seglab(["compare", str(run), str(evaluations["val-onnx-int8"].path), "--out", str(out)]) == 0
+    test = json.loads((out / "compare.json").read_text())["paired_bootstrap"][0]
+    assert test["diff"] == pytest.approx(summaries["val-onnx-int8"]["miou"] - summaries["val"]["miou"], abs=1e-12)
+
+
+def test_bench_times_int8_and_shows_the_exported_miou_change(int8_run, tmp_path, capsys):
+    run, _ = int8_run
+    diff = json.loads((run / "export" / "export.json").read_text())["int8"]["verification"]["miou_diff"]
+    argv = ["bench", str(run), "--backends", "onnxruntime,onnxruntime-int8", "--size", "32", "--warmup", "0"]
+    assert seglab([*argv, "--repeats", "1", "--threads", "1", "--md", str(tmp_path / "b.md")]) == 0
+    md = (tmp_path / "b.md").read_text()
+    assert "| onnxruntime ms | onnxruntime-int8 ms | INT8 - fp32 mIoU, points (95% CI) |" in md
+    low, high = diff["ci"]
+    assert f"| {100 * diff['diff']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f}), 3 synthetic val images |" in md
+    assert "onnxruntime-int8: the INT8 QDQ model of `seglab export --int8`" in md
+    capsys.readouterr()
+
+
+def test_exported_models_refuse_checkpoint_choices(int8_run, capsys):
+    run, _ = int8_run
+    assert seglab(["test", str(run / "export" / "model_int8.onnx"), "--last-k", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("model_int8.onnx is an exported model: --checkpoints and --last-k choose checkpoints of a run")

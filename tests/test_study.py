@@ -322,7 +322,7 @@ def test_grid_cells_names_and_jobs(tmp_path):
         ),
         (
             {"basenets": ["vgg16"], "decoders": ["fcn8s"], "bench": {"backends": ["tvm"]}},
-            "bench: backends must be one of eager, channels_last, compile, onnxruntime, got 'tvm'",
+            "bench: backends must be one of eager, channels_last, compile, onnxruntime, onnxruntime-int8, got 'tvm'",
         ),
         (
             {"basenets": ["vgg16"], "decoders": ["fcn8s"], "probe": {"tap": 5}},

@@ -27,10 +27,9 @@ from seglab.engine.distributed import resolve_device
 from seglab.engine.train import train
 from seglab.errors import SeglabError, TrainingError
 from seglab.evaluation import test
-from seglab.export import optional_import
 from seglab.models import basenet_spec
 from seglab.models.complexity import model_complexity
-from seglab.plugins import load_plugins
+from seglab.plugins import load_plugins, optional_import
 from seglab.runs import RunDir, atomic_write
 from seglab.study.plan import RESULT
 from seglab.study.probe import train_probe

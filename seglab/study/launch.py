@@ -21,7 +21,7 @@ import torch
 
 from seglab.config import StudyConfig
 from seglab.errors import ConfigError, SeglabError
-from seglab.export import optional_import
+from seglab.plugins import optional_import
 from seglab.study.jobs import StudyJob, run_job, run_logged
 from seglab.study.plan import Job
 
