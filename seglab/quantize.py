@@ -277,7 +277,9 @@ def compare_on_split(
         preds = {name: predict_logits(model, image[None]).argmax(1) for name, model in (("fp32", fp32), ("int8", int8))}
         for name, pred in preds.items():
             try:
-                cm = metrics.per_image_confusion(pred, label[None], dataset.num_classes, dataset.ignore_index)
+                cm = metrics.class_counts(
+                    metrics.per_image_confusion(pred, label[None], dataset.num_classes, dataset.ignore_index)
+                )
             except metrics.OutOfRangeError as err:
                 raise metrics.OutOfRangeError(f"{dataset.sample_id(index)}: {err}") from err
             cms[name].append(cm[0])
@@ -285,7 +287,7 @@ def compare_on_split(
         same, total = same + equal, total + preds["fp32"].numel()
         if equal / preds["fp32"].numel() < lowest:  # the first image with the lowest share
             lowest, lowest_id = equal / preds["fp32"].numel(), dataset.sample_id(index)
-    fp32_cm, int8_cm = torch.stack(cms["fp32"]), torch.stack(cms["int8"])
+    fp32_cm, int8_cm = torch.stack(cms["fp32"]), torch.stack(cms["int8"])  # per-image class counts
     diff = metrics.paired_bootstrap(int8_cm, fp32_cm, resamples=resamples, seed=seed)
     return {
         "images": count,

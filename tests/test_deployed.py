@@ -76,7 +76,7 @@ def test_evaluate_runs_the_onnx_model_like_the_pytorch_one(exported):
     dataset = build_dataset("synthetic", None, "val", length=3, size=40)
     onnx_result = evaluate(adapter(model, folder), dataset, gallery=1)
     torch_result = evaluate(model, dataset, gallery=1)
-    assert torch.equal(onnx_result.per_image_cm, torch_result.per_image_cm)
+    assert torch.equal(onnx_result.per_image, torch_result.per_image)
     assert torch.equal(onnx_result.boundary, torch_result.boundary)
 
 

@@ -28,7 +28,7 @@ from seglab.export import (
     save_weights,
     verify_onnx,
 )
-from seglab.runs import EvalDir
+from seglab.runs import COUNTS, EvalDir
 
 NUM_CLASSES = 5
 
@@ -203,7 +203,7 @@ def test_seglab_test_evaluates_both_exported_models_and_compare_pairs_them(int8_
     summaries = {name: e.read_summary() for name, e in evaluations.items()}
     assert all((e.path / "report.html").is_file() for e in evaluations.values())
     # fp32 ONNX predicts what PyTorch predicts, pixel for pixel; both match what the export measured.
-    cms = {name: e.read_arrays()["per_image_cm"] for name, e in evaluations.items()}
+    cms = {name: e.read_arrays()[COUNTS] for name, e in evaluations.items()}
     assert np.array_equal(cms["val-onnx-fp32"], cms["val"])
     assert summaries["val-onnx-fp32"]["miou"] == pytest.approx(check["miou_fp32"], abs=1e-12)
     assert summaries["val-onnx-int8"]["miou"] == pytest.approx(check["miou_int8"], abs=1e-12)

@@ -78,17 +78,17 @@ def test_wrapper_corrupts_images_keeps_labels_and_metadata():
 def test_noise_measurably_lowers_miou_and_more_with_severity():
     data = random_case(1)  # the oracle reads the class off the red channel: noise flips its predictions
     model = OracleModel(3)
-    clean = float(metrics.pooled_miou(ev.evaluate(model, data, gallery=0).per_image_cm))
+    clean = float(metrics.pooled_miou(ev.evaluate(model, data, gallery=0).per_image))
     noisy = [
         float(
-            metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "gaussian_noise", s), gallery=0).per_image_cm)
+            metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "gaussian_noise", s), gallery=0).per_image)
         )
         for s in (1, 3, 5)
     ]
     assert clean - noisy[0] > 0.05 and noisy[0] > noisy[1] > noisy[2]
     # brightness leaves the oracle's classes mostly but not entirely intact: the benchmark sees the difference
     bright = float(
-        metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "brightness", 5), gallery=0).per_image_cm)
+        metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "brightness", 5), gallery=0).per_image)
     )
     assert bright < clean
 
@@ -135,7 +135,7 @@ def test_seglab_test_under_corruptions_writes_metrics_report_and_compare_columns
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     data = random_case(2)
 
-    def load_run(target, device="cpu"):
+    def load_run(target, device="cpu", ema=False):
         config = TrainConfig(basenet="oracle", decoder="none", dataset="fake", crop=[64, 64])
         return LoadedRun(OracleModel(3), config, 100, list(data.classes), 255, target)
 
