@@ -35,6 +35,8 @@ ONNX_OPSET = 18
 """The ONNX opset `seglab export` writes (the torch.export-based exporter needs 18 or newer)."""
 EXPORT_ATOL = 1e-3
 """The largest |ONNX Runtime - PyTorch| logit difference an export may show on its verification images."""
+LOSS_TERMS = ("ce", "ohem", "dice", "focal", "lovasz")
+"""The pixel losses `--loss` combines (see `parse_loss` and seglab/engine/losses.py)."""
 
 
 def option(
@@ -282,10 +284,18 @@ class TrainConfig:
     iters: int = option(0, "iterations to train; 0 uses --epochs")
     decaylr: str = option("poly", "learning-rate decay", choices=("poly", "cosine", "step", "none"))
     warmup: int = option(0, "linear warm-up iterations")
-    loss: str = option("ce", "cross-entropy, or OHEM cross-entropy", choices=("ce", "ohem"))
+    loss: str = option(
+        "ce",
+        f"loss: one of {', '.join(LOSS_TERMS)}, or a weighted sum such as ce+dice or 0.7*ce+0.3*lovasz",
+        metavar="SPEC",
+    )
     class_weights: list[float] = option([], "per-class loss weights (one per class)", metavar="W")
     ohem_thresh: float = option(0.7, "OHEM: keep pixels whose true-class probability is below this")
     ohem_min_kept: int = option(100000, "OHEM: keep at least this many pixels per batch")
+    focal_gamma: float = option(2.0, "focal loss: the focusing exponent gamma (0: sigmoid cross-entropy)", minimum=0)
+    aux_weight: float = option(
+        0.0, "weight of the auxiliary FCN head's loss on the stride-16 tap (0: no auxiliary head)", minimum=0
+    )
     freeze_bn: bool = option(False, "keep BatchNorm statistics frozen (eval mode) while training")
     sync_bn: bool = option(True, "synchronize BatchNorm statistics across GPUs under DDP")
     seed: int = option(0, "seed of weights init, data order and augmentation")
@@ -314,6 +324,32 @@ class TrainConfig:
             raise ConfigError(f"--crop takes SIZE or HEIGHT WIDTH, got {self.crop}")
         if len(self.scale_range) != 2:
             raise ConfigError(f"--scale-range takes MIN MAX, got {self.scale_range}")
+        parse_loss(self.loss)
+
+
+def parse_loss(spec: str) -> list[tuple[str, float]]:
+    """Return the (term, weight) pairs of a `--loss` value: `ce`, `ce+dice`, `0.7*ce+0.3*lovasz`, ..."""
+    terms: dict[str, float] = {}
+    for part in spec.replace(" ", "").split("+"):
+        weight_text, _, name = part.rpartition("*")
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            weight = float("nan")
+        if name not in LOSS_TERMS:
+            problem = f"unknown term {name!r}"
+        elif name in terms:
+            problem = f"{name!r} appears twice"
+        elif not weight > 0:
+            problem = f"the weight {weight_text!r} of {name!r} is not a positive number"
+        else:
+            terms[name] = weight
+            continue
+        raise ConfigError(
+            f"--loss {spec!r}: {problem}; give one of {', '.join(LOSS_TERMS)} or a sum of them with optional "
+            "weights, e.g. ce+dice or 0.7*ce+0.3*lovasz"
+        )
+    return list(terms.items())
 
 
 # Keys a resumed run may change; any other difference from the checkpoint's config is refused.

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seglab.engine.losses import SegmentationLoss
+from seglab.errors import ConfigError
 
 IGNORE = 255
 
@@ -35,7 +36,7 @@ def test_class_weights_match_weighted_cross_entropy():
     weights = [0.5, 2.0, 1.0, 3.0]
     expected = F.cross_entropy(logits, target.long(), weight=torch.tensor(weights), ignore_index=IGNORE)
     assert torch.allclose(mean(SegmentationLoss(4, IGNORE, weights), logits, target), expected, rtol=1e-6)
-    with pytest.raises(ValueError, match="--class-weights has 2 values for 4 classes"):
+    with pytest.raises(ConfigError, match="--class-weights has 2 values for 4 classes"):
         SegmentationLoss(4, IGNORE, [1.0, 2.0])
 
 

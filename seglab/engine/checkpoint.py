@@ -212,7 +212,8 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
     """Return the model (eval mode, on `device`) and facts of a run folder (its last.pt) or a checkpoint file.
 
     The plugin modules the run was trained with are imported first, so a decoder or basenet that lives
-    outside seglab is rebuilt like a built-in one.
+    outside seglab is rebuilt like a built-in one. An auxiliary head (training only) is loaded and dropped,
+    so that test, predict, bench and export see the inference network alone.
     """
     target = path if isinstance(path, Target) else resolve_target(path)
     state = read_checkpoint(target.checkpoint, device)
@@ -225,10 +226,11 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu") -> L
         config.num_classes,
         config.output_stride,
         pretrained=None,
+        aux=config.aux_weight > 0,
         **config.decoder_options,
     )
     model.load_state_dict(state["model"])
-    model.to(device).eval()
+    model.drop_aux().to(device).eval()
     return LoadedRun(
         model,
         config,

@@ -63,6 +63,8 @@ class Monitor:
         ):
             if record.get(key) is not None:
                 self.writer.add_scalar(tag, record[key], step)
+        for name, value in (record.get("loss_terms") or {}).items():
+            self.writer.add_scalar(f"train/loss_{name}", value, step)
         for name, iou in (record.get("val_per_class_iou") or {}).items():
             if iou is not None:
                 self.writer.add_scalar(f"val_class_iou/{name}", iou, step)

@@ -29,7 +29,7 @@ from seglab.data.presets import augment_preset
 from seglab.data.transforms import TrainTransform, mean_fill
 from seglab.engine import checkpoint
 from seglab.engine.distributed import DistInfo
-from seglab.engine.losses import SegmentationLoss
+from seglab.engine.losses import Objective, build_objective
 from seglab.engine.monitor import Monitor
 from seglab.engine.sampler import TrainBatchSampler
 from seglab.engine.schedule import build_scheduler
@@ -68,12 +68,12 @@ class Network:
 
 @dataclass
 class Optimization:
-    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss and the autocast dtype (None: fp32)."""
+    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss (its terms) and the autocast dtype (None: fp32)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    loss_fn: SegmentationLoss
+    loss_fn: Objective
     amp_dtype: torch.dtype | None
 
 
@@ -188,7 +188,13 @@ def build_network(cfg: TrainConfig, info: DistInfo, restoring: bool) -> Segmenta
     torch.manual_seed(cfg.seed)
     pretrained = None if restoring or cfg.pretrained in ("", "none") else cfg.pretrained
     raw = build_model(
-        cfg.basenet, cfg.decoder, cfg.num_classes, cfg.output_stride, pretrained, **cfg.decoder_options
+        cfg.basenet,
+        cfg.decoder,
+        cfg.num_classes,
+        cfg.output_stride,
+        pretrained,
+        aux=cfg.aux_weight > 0,
+        **cfg.decoder_options,
     ).to(info.device)
     if cfg.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
@@ -217,8 +223,15 @@ def build_optimization(
         optimizer = torch.optim.AdamW(
             params, lr=cfg.learnrate, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
         )
-    loss_fn = SegmentationLoss(
-        cfg.num_classes, ignore_index, cfg.class_weights, cfg.loss == "ohem", cfg.ohem_thresh, cfg.ohem_min_kept
+    loss_fn = build_objective(
+        cfg.loss,
+        cfg.num_classes,
+        ignore_index,
+        cfg.class_weights,
+        cfg.ohem_thresh,
+        cfg.ohem_min_kept,
+        cfg.focal_gamma,
+        cfg.aux_weight,
     ).to(info.device)
     return Optimization(
         optimizer,

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -115,6 +115,9 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
         progress.counters["skipped"] += outcome.skipped
         progress.counters["window_loss"] += outcome.loss
         progress.counters["window_steps"] += 1
+        if len(outcome.terms) > 1:  # a sum of loss terms, or an auxiliary head: log each contribution
+            for name, value in outcome.terms.items():
+                progress.counters[f"window_loss_{name}"] = progress.counters.get(f"window_loss_{name}", 0.0) + value
         if progress.bar is not None:
             progress.bar.update(1)
             progress.bar.set_postfix(loss=f"{outcome.loss:.4f}", refresh=False)
@@ -127,11 +130,13 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one optimizer step reports: the global mean loss, whether any rank was signalled, samples skipped."""
+    """What one optimizer step reports: the global mean loss, whether any rank was signalled, samples skipped,
+    and the loss's terms (weighted contributions that add up to `loss`, by name)."""
 
     loss: float
     stopping: bool
     skipped: int
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, info: DistInfo, step: int) -> StepOutcome:
@@ -149,27 +154,23 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
     if net.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
-        logits = net.model(x)
-    loss_sum, norm = opt.loss_fn(logits, labels)  # fp32, outside autocast
-    # One all-reduce carries the loss, its normalizer, the stop flag and the skipped-sample count.
-    totals = torch.stack(
-        [
-            loss_sum.detach(),
-            norm,
-            torch.tensor(float(stop.signum != 0), device=device),
-            torch.tensor(float(len(batch["skipped"])), device=device),
-        ]
-    )
+        output = net.model(x)  # the logits; (logits, aux logits) with an auxiliary head
+    sums, norms = opt.loss_fn(output, labels)  # one (sum, normalizer) per loss term; fp32, outside autocast
+    # One all-reduce carries the terms' sums and normalizers, the stop flag and the skipped-sample count.
+    count = len(sums)
+    flags = torch.tensor([float(stop.signum != 0), float(len(batch["skipped"]))], device=device)
+    totals = torch.cat([sums.detach(), norms, flags])
     distributed.all_reduce_sum(totals)
-    global_norm = totals[1].clamp(min=1.0)
-    loss = loss_sum * info.world_size / global_norm  # DDP averages gradients over ranks
+    global_norms = totals[count : 2 * count].clamp(min=1.0)
+    loss = (sums * info.world_size / global_norms).sum()  # DDP averages gradients over ranks
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
-    loss_total, norm_total, stop_total, skipped = totals.tolist()
-    return StepOutcome(loss_total / max(norm_total, 1.0), stop_total > 0, int(skipped))
+    values = totals.tolist()
+    terms = [total / max(norm, 1.0) for total, norm in zip(values[:count], values[count : 2 * count], strict=True)]
+    return StepOutcome(sum(terms), values[-2] > 0, int(values[-1]), dict(zip(opt.loss_fn.names, terms, strict=True)))
 
 
 def after_step(run: Run, stopping: bool) -> bool:
@@ -217,6 +218,10 @@ def log_record(run: Run) -> dict:
         "images_per_s": steps * run.cfg.batch_size / max(now - progress.window_start, 1e-9),
         "skipped": progress.counters["skipped"],
     }
+    terms = {k.removeprefix("window_loss_"): v for k, v in progress.counters.items() if k.startswith("window_loss_")}
+    if terms:
+        record["loss_terms"] = {name: value / max(steps, 1) for name, value in terms.items()}
+        progress.counters.update(dict.fromkeys((f"window_loss_{name}" for name in terms), 0.0))
     progress.counters.update(window_loss=0.0, window_steps=0)
     progress.window_start = now
     return record
