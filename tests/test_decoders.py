@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from deploy_fixtures import photo_crops
 from torch import nn
 
@@ -17,9 +18,10 @@ import seglab
 import seglab.cli
 from seglab.errors import ConfigError
 from seglab.export import export_onnx, verify_onnx
-from seglab.models import BASENETS, DECODERS, Basenet, SegmentationModel, Tap, build_basenet
+from seglab.models import BASENETS, DECODERS, AuxHead, Basenet, SegmentationModel, Tap, build_basenet
 from seglab.models.basenets import FAMILIES
 from seglab.models.complexity import count_gflops
+from seglab.models.pspnet import adaptive_avg_pool2d
 
 NUM_CLASSES = 5
 EVERY_DECODER_BASENETS = [*BASENETS.names(), *(f.example for f in FAMILIES if f.every_decoder)]
@@ -241,3 +243,49 @@ def test_unknown_decoder_options_are_errors_naming_the_accepted_ones():
         r"'widht'; it takes skips, trainable_upsampling",
     ):
         seglab.build_model("resnet18", "fcn8s", 3, widht=64)
+
+
+@pytest.mark.parametrize("decoder", DECODERS.names())
+def test_aux_head_works_with_every_decoder(decoder):
+    """The auxiliary FCN head reads the stride-16 tap: training-mode forward returns (logits, aux logits), both
+    at the input size, and both heads get gradients; eval mode returns the logits alone."""
+    net = shared_basenet("resnet18")
+    torch.manual_seed(0)
+    model = SegmentationModel(net, DECODERS[decoder](net, NUM_CLASSES), AuxHead(net, NUM_CLASSES)).train()
+    assert model.aux_head[0].in_channels == 256 and model.aux_head[-1].out_channels == NUM_CLASSES
+    randomize_zero_parameters(model.decoder)
+    logits, aux = model(torch.randn(2, 3, 65, 47, generator=torch.Generator().manual_seed(0)))
+    assert logits.shape == aux.shape == (2, NUM_CLASSES, 65, 47)
+    (logits.square().mean() + aux.square().mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.aux_head.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, NUM_CLASSES, 64, 64)
+    assert model.drop_aux().aux_head is None
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 7), (13, 9), (64, 40)])
+def test_adaptive_pooling_equals_pytorchs(size):
+    """The integral-image pooling of PSPNet and UPerNet (exportable with dynamic sizes) is PyTorch's
+    adaptive average pooling, also for maps smaller than the bins."""
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    for bins in (1, 2, 3, 6):
+        torch.testing.assert_close(adaptive_avg_pool2d(x, bins), F.adaptive_avg_pool2d(x, bins), rtol=1e-6, atol=1e-6)
+
+
+NEW_PAIRS = "resnet34,convnext_atto,vit_tiny_patch16_224"
+NEW_DECODERS = "unet,fpn,pspnet,upernet,segformer"
+
+
+def test_models_and_bench_list_the_new_pairs_with_params_and_gflops(capsys):
+    assert seglab.cli.main(["models", "--basenets", NEW_PAIRS, "--decoders", NEW_DECODERS, "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "tested: vit_tiny_patch16_224, deit_tiny_patch16_224" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "GFLOPs" not in line and "---" not in line]
+    assert len(rows) == 15 and all(len(row.split("|")) == 6 for row in rows)
+X
+    argv = ["bench", "--basenets", "resnet34", "--decoders", "unet,segformer", "--size", "32", "--device", "cpu"]
+    assert seglab.cli.main([*argv, "--backends", "eager", "--warmup", "0", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"resnet34\s+unet\s+24\.44\s+\d", out) and re.search(r"resnet34\s+segformer\s+21\.80\s+\d", out)

@@ -352,3 +352,16 @@ def test_smp_unet_scse_attention_and_its_one_difference(encoder):
     inner = ((".attention.cSE.", ".channel_gate."), (".attention.sSE.", ".spatial_gate."))
     copy_renamed(reference, model, unet_rules(encoder), inner, unused=("decoder.blocks.4.attention1.",))
     assert_smp_outputs_equal(reference, model)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "decoder"),
+    [("FPN", "fpn"), ("PSPNet", "pspnet"), ("UPerNet", "upernet"), ("Segformer", "segformer")],
+)
+def test_smp_refuses_odd_input_sizes_seglab_takes_them(architecture, decoder):
+    reference, model = smp_pair(architecture, "resnet34", decoder)
+    x = torch.randn(2, 3, 65, 47)
+    with pytest.raises(RuntimeError, match="Expected image height and width divisible by"):
+        reference.eval()(x)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, NUM_CLASSES, 65, 47)

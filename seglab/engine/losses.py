@@ -149,7 +149,7 @@ class LovaszLoss(nn.Module):
         """Return (sum of per-image losses, number of images with a valid pixel)."""
         target = target.long()
         probs = logits.float().softmax(1)
-        total = probs.new_zeros(())
+        total = probs.sum() * 0.0  # connected to the logits, so that an all-ignored batch backpropagates zeros
         images = 0
         for prob, label in zip(probs, target, strict=True):
             valid = label != self.ignore_index
