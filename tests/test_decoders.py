@@ -284,7 +284,7 @@ def test_models_and_bench_list_the_new_pairs_with_params_and_gflops(capsys):
     assert "tested: vit_tiny_patch16_224, deit_tiny_patch16_224" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "GFLOPs" not in line and "---" not in line]
     assert len(rows) == 15 and all(len(row.split("|")) == 6 for row in rows)
-X
+    assert "| resnet34 | unet | 24.44 |" in out  # smp's Unet("resnet34", classes=21): 24,439,269 parameters
     argv = ["bench", "--basenets", "resnet34", "--decoders", "unet,segformer", "--size", "32", "--device", "cpu"]
     assert seglab.cli.main([*argv, "--backends", "eager", "--warmup", "0", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
