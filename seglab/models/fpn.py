@@ -78,7 +78,7 @@ class FPN(Decoder):
             steps = sum(1 for finer in self.skips if finer < level)
             widths = [pyramid_channels] + [segmentation_channels] * max(steps, 1)
             self.stages[str(level)] = nn.ModuleList(SegmentationStage(a, b) for a, b in pairwise(widths))
-        self.dropout = nn.Dropout2d(dropout)
+        self.dropout = nn.Dropout2d(dropout, inplace=True)  # on the freshly merged map, as smp
         levels = 1 + len(self.skips)
         self.score = nn.Conv2d(segmentation_channels * (levels if merge == "cat" else 1), num_classes, 1)
 

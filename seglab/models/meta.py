@@ -12,7 +12,6 @@ Subclasses override blocks, never `forward`.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -93,7 +92,7 @@ class Decoder(nn.Module, ABC):
 
 def empty_level(x: Tensor, size: Sequence[int], level: int) -> Tensor:
     """Return a 0-channel map of the size a stride-`level` tap of a `size` input has (the input size at 1)."""
-    return x.new_empty(x.shape[0], 0, *(math.ceil(s / level) if level > 1 else s for s in size))
+    return x.new_empty(x.shape[0], 0, *(-(-s // level) for s in size))  # integer ceil: exportable sizes
 
 
 def resize(x: Tensor, size: Sequence[int], mode: str = "bilinear", align_corners: bool | None = False) -> Tensor:
