@@ -82,9 +82,10 @@ def decoder_class(name: str) -> type:
 
 
 # An export costs 25-35 s of CPU time, so the pair grid is not exported in full: every decoder class on a seed
-# basenet (its last registered variant: fcn4s and fcnw4s have the most skips), and a ViT and a ConvNeXt (what their export can break is in the basenet: interpolated position embeddings, patch
-# padding) with UPerNet, the decoder they are usually paired with. Swin is exported at a fixed size only:
-# with dynamic height and width, torch.export does not finish on its attention masks within 10 minutes.
+# basenet (its last registered variant: fcn4s and fcnw4s have the most skips), and a ViT and a ConvNeXt (what
+# their export can break is in the basenet: interpolated position embeddings, patch padding) with UPerNet,
+# the decoder they are usually paired with. Swin is exported at a fixed size only: with dynamic height and
+# width, torch.export does not finish on its attention masks within 10 minutes.
 EXPORTED = [("mobilenet_v2", name) for name in {decoder_class(n): n for n in DECODERS.names()}.values()] + [
     (family, "upernet") for family in ("vit_tiny_patch16_224", "convnext_atto")
 ]
