@@ -1,7 +1,10 @@
-"""Decoder speed: seglab's DeepLabV3-R50, LR-ASPP-MobileNetV3 and LinkNet-R18 against their references.
+"""Decoder speed: seglab's DeepLabV3-R50, LR-ASPP-MobileNetV3, LinkNet-R18, U-Net-R34, FPN-R34, UPerNet and
+SegFormer against their references.
 
 References: torchvision's `deeplabv3_resnet50` (output stride 8, no aux head) and
-`lraspp_mobilenet_v3_large` (output stride 16), segmentation_models_pytorch's `Linknet("resnet18")`.
+`lraspp_mobilenet_v3_large` (output stride 16), segmentation_models_pytorch's `Linknet("resnet18")`,
+`Unet("resnet34")`, `FPN("resnet34")`, `UPerNet("tu-convnext_atto")` and `Segformer("tu-convnext_atto")`
+(the last four the same networks as seglab's, tests/test_parity.py).
 Each pair runs on the same input, device and thread count in one process; the two models alternate
 within every round (so drifting machine load hits both alike); the median and the best (minimum, as
 `timeit` recommends on a loaded machine) per model are reported.
@@ -11,7 +14,7 @@ process's CPU time (`time.process_time`), which other processes on a shared mach
 `--clock wall` measures latency instead (the only clock on CUDA).
 
     .venv/bin/python benchmarks/models.py [--device cuda] [--size 256] [--batch 2] [--rounds 5] [--threads 1]
-        [--clock cpu|wall]
+        [--clock cpu|wall] [--pairs NAME ...]
 """
 
 from __future__ import annotations
@@ -48,6 +51,26 @@ def pairs() -> dict[str, tuple[nn.Module, nn.Module, Callable[[object], Tensor]]
         "linknet-resnet18 vs smp": (
             seglab.build_model("resnet18", "linknet", NUM_CLASSES),
             smp.Linknet("resnet18", encoder_weights=None, classes=NUM_CLASSES),
+            lambda out: out,
+        ),
+        "unet-resnet34 vs smp": (
+            seglab.build_model("resnet34", "unet", NUM_CLASSES),
+            smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES),
+            lambda out: out,
+        ),
+        "fpn-resnet34 vs smp": (
+            seglab.build_model("resnet34", "fpn", NUM_CLASSES),
+            smp.FPN("resnet34", encoder_weights=None, classes=NUM_CLASSES),
+            lambda out: out,
+        ),
+        "upernet-convnext_atto vs smp": (
+            seglab.build_model("convnext_atto", "upernet", NUM_CLASSES),
+            smp.UPerNet("tu-convnext_atto", encoder_weights=None, classes=NUM_CLASSES),
+            lambda out: out,
+        ),
+        "segformer-convnext_atto vs smp": (
+            seglab.build_model("convnext_atto", "segformer", NUM_CLASSES),
+            smp.Segformer("tu-convnext_atto", encoder_weights=None, classes=NUM_CLASSES),
             lambda out: out,
         ),
     }
@@ -104,6 +127,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model and mode (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
     parser.add_argument("--clock", choices=("cpu", "wall"), help="cpu: process CPU time (CPU default); wall")
+    parser.add_argument("--pairs", nargs="+", metavar="NAME", help="only the pairs whose name starts with NAME")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -120,6 +144,8 @@ def main() -> None:
     print("| pair | mode | seglab ms (median / best) | reference ms (median / best) | ratio (median / best) |")
     print("|---|---|---:|---:|---:|")
     for name, (ours, reference, logits) in pairs().items():
+        if args.pairs and not name.startswith(tuple(args.pairs)):
+            continue
         ours.to(device)
         reference.to(device)
         for backward in (False, True):

@@ -63,6 +63,8 @@ CORRUPTIONS = (
 )
 """The 15 ImageNet-C corruptions (noise, blur, weather, digital) of `seglab test --corruptions`, in order."""
 SEVERITIES = (1, 2, 3, 4, 5)
+LOSS_TERMS = ("ce", "ohem", "dice", "focal", "lovasz")
+"""The pixel losses `--loss` combines (see `parse_loss` and seglab/engine/losses.py)."""
 
 
 def option(
@@ -389,10 +391,20 @@ class TrainConfig(CheckedConfig):
     iters: int = option(0, "iterations to train; 0 uses --epochs", minimum=0)
     decaylr: str = option("poly", "learning-rate decay", choices=("poly", "cosine", "step", "none"))
     warmup: int = option(0, "linear warm-up iterations", minimum=0)
-    loss: str = option("ce", "cross-entropy, or OHEM cross-entropy", choices=("ce", "ohem"))
+    loss: str = option(
+        "ce",
+        f"loss: one of {', '.join(LOSS_TERMS)}, or a weighted sum such as ce+dice or 0.7*ce+0.3*lovasz",
+        metavar="SPEC",
+    )
     class_weights: list[float] = option([], "per-class loss weights (one per class)", metavar="W", minimum=0)
     ohem_thresh: float = option(0.7, "OHEM: keep pixels whose true-class probability is below this", above=0, maximum=1)
     ohem_min_kept: int = option(100000, "OHEM: keep at least this many pixels per batch", minimum=0)
+    focal_gamma: float = option(
+        2.0, "focal loss: the focusing exponent gamma (0: sigmoid cross-entropy)", minimum=0, maximum=100
+    )
+    aux_weight: float = option(
+        0.0, "weight of the auxiliary FCN head's loss on the stride-16 tap (0: no auxiliary head)", minimum=0
+    )
     freeze_bn: bool = option(False, "keep BatchNorm statistics frozen (eval mode) while training")
     sync_bn: bool = option(True, "synchronize BatchNorm statistics across GPUs under DDP")
     seed: int = option(0, "seed of weights init, data order and augmentation", minimum=0, maximum=MAX_SEED)
@@ -482,10 +494,43 @@ def check_training_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"--unfreeze-at {cfg.unfreeze_at} needs --freeze-basenet (the basenet is not frozen)")
     if cfg.keep_best and not cfg.eval_full_every:
         raise ConfigError("--keep-best chooses by full-val mIoU: give --eval-full-every N too")
+    terms = parse_loss(cfg.loss)
+    if cfg.accumulate > 1 and any(name == "ohem" for name, _ in terms) and (len(terms) > 1 or cfg.aux_weight > 0):
+        raise ConfigError(
+            f"--accumulate {cfg.accumulate} with --loss {cfg.loss}"
+            + (f" and --aux-weight {cfg.aux_weight}" if cfg.aux_weight > 0 else "")
+            + ": OHEM's kept pixels are known only after every pass, so it accumulates exactly only as the one "
+            "term; use --accumulate 1 or OHEM alone without an auxiliary head"
+        )
     for pair in cfg.class_map:
         old, sep, new = pair.partition("=")
         if not sep or not old or not new:
             raise ConfigError(f"--class-map takes OLD=NEW pairs, got {pair!r}")
+
+
+def parse_loss(spec: str) -> list[tuple[str, float]]:
+    """Return the (term, weight) pairs of a `--loss` value: `ce`, `ce+dice`, `0.7*ce+0.3*lovasz`, ..."""
+    terms: dict[str, float] = {}
+    for part in spec.replace(" ", "").split("+"):
+        weight_text, _, name = part.rpartition("*")
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            weight = float("nan")
+        if name not in LOSS_TERMS:
+            problem = f"unknown term {name!r}"
+        elif name in terms:
+            problem = f"{name!r} appears twice"
+        elif not weight > 0:
+            problem = f"the weight {weight_text!r} of {name!r} is not a positive number"
+        else:
+            terms[name] = weight
+            continue
+        raise ConfigError(
+            f"--loss {spec!r}: {problem}; give one of {', '.join(LOSS_TERMS)} or a sum of them with optional "
+            "weights, e.g. ce+dice or 0.7*ce+0.3*lovasz"
+        )
+    return list(terms.items())
 
 
 # Keys a resumed run may change; any other difference from the checkpoint's config is refused.

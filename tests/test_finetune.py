@@ -107,6 +107,27 @@ def test_init_from_same_classes_loads_every_weight_and_no_optimizer_state(root, 
     assert "basenet (" in runlog and "and decoder, same 6 classes" in runlog
 
 
+def test_init_from_carries_the_auxiliary_head_only_where_both_runs_have_one(root, source):
+    aux_source = train(
+        root, "aux_source", *MODEL, *SYNTHETIC, "--batch-size", "2", "--iters", "1", "--aux-weight", "0.4"
+    )
+    tiny_step = ["--iters", "1", "--learnrate", "1e-12", "--freeze-bn", *SYNTHETIC]
+    cases = {
+        "aux_to_aux": (aux_source, ["--aux-weight", "0.4"], "auxiliary head: the source's weights"),
+        "aux_to_plain": (aux_source, [], None),
+        "plain_to_aux": (source, ["--aux-weight", "0.4"], "auxiliary head: fresh initialization"),
+    }
+    for name, (origin, extra, note) in cases.items():
+        run = train(root, name, "--init-from", str(origin), *tiny_step, *extra)
+        ours, theirs = state_at(run)["model"], state_at(origin)["model"]
+        assert any(k.startswith("aux_head.") for k in ours) == bool(extra), name
+        for key, value in ours.items():
+            if key in theirs:
+                assert same(value, theirs[key]), (name, key)
+        runlog = (run / "runlog").read_text()
+        assert (note in runlog) if note else ("auxiliary head" not in runlog), name
+
+
 def test_init_from_other_classes_keeps_shared_classes_and_lists_the_class_layers(root, source, folder):
     run = train(
         root,
@@ -207,6 +228,14 @@ def test_fine_tuning_flag_errors_are_one_line(root, source, capsys):
         (["--ema", "1"], "--ema: ema must be in [0, 1), got 1.0"),
         (["--batch-size", "4", "--accumulate", "3"], "--batch-size 4 does not split into --accumulate 3 passes"),
         (["--init-from", str(root / "nowhere")], "does not exist"),
+        (
+            ["--batch-size", "4", "--accumulate", "2", "--loss", "ohem+dice"],
+            "--accumulate 2 with --loss ohem+dice: OHEM's kept pixels are known only after every pass",
+        ),
+        (
+            ["--batch-size", "4", "--accumulate", "2", "--loss", "ohem", "--aux-weight", "0.4"],
+            "--accumulate 2 with --loss ohem and --aux-weight 0.4: OHEM's kept pixels",
+        ),
     ]
     for extra, message in cases:
         assert main([*args, *extra]) == 1, extra
@@ -300,6 +329,34 @@ def test_accumulation_equals_the_larger_batch(root):
     other = [json.loads(line)["loss"] for line in (smaller / "metrics.jsonl").read_text().splitlines()]
     assert other != pytest.approx(reference, rel=1e-3)  # a batch of 2 is a different run: the test can fail
     assert "3 steps of 4 images in 2 passes of 2" in (halves / "runlog").read_text()
+
+
+@pytest.mark.parametrize(
+    "loss", [["--loss", "ce+0.5*dice", "--aux-weight", "0.4"], ["--loss", "focal+lovasz"], ["--loss", "ohem"]]
+)
+def test_accumulation_equals_the_larger_batch_for_every_loss_term_and_the_aux_head(root, loss):
+    """Each term's normalizer (pixels, or images for Dice and Lovasz) is the whole batch's in every pass, and
+    OHEM's kept pixels are known after the passes: 2 passes of 2 equal 1 pass of 4, term by term."""
+    common = [*shlex.split("--basenet lcnet_050 --decoder fcn8s --freeze-bn --iters 2 --learnrate 0.05"), *SYNTHETIC]
+    # No minimum and a threshold near 1/6 (an untrained 6-class head's probabilities): OHEM keeps part of the
+    # pixels, a share that differs between the passes (without rescaling the first pass, this test fails).
+    ohem = ["--ohem-thresh", "0.17", "--ohem-min-kept", "0"] if "ohem" in loss else []
+    name = "acc_" + "_".join(loss).replace("-", "").replace("*", "x").replace("+", "p")
+    whole = train(root, f"{name}4", *common, *loss, *ohem, "--batch-size", "4")
+    halves = train(root, f"{name}4x2", *common, *loss, *ohem, "--batch-size", "4", "--accumulate", "2")
+    reference, got = records_of(whole), records_of(halves)
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in reference], rel=1e-5)
+    for ours, theirs in zip(got, reference, strict=True):
+        assert ours.get("loss_terms", {}) == pytest.approx(theirs.get("loss_terms", {}), rel=1e-5)
+    if "--aux-weight" in loss:
+        assert set(reference[-1]["loss_terms"]) == {"ce", "dice", "aux_ce", "aux_dice"}
+    for key, value in _weights(whole).items():
+        if value.is_floating_point():
+            torch.testing.assert_close(_weights(halves)[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def records_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _update_norm(run: Path, source: Path) -> float:

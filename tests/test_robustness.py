@@ -80,9 +80,7 @@ def test_noise_measurably_lowers_miou_and_more_with_severity():
     model = OracleModel(3)
     clean = float(metrics.pooled_miou(ev.evaluate(model, data, gallery=0).per_image))
     noisy = [
-        float(
-            metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "gaussian_noise", s), gallery=0).per_image)
-        )
+        float(metrics.pooled_miou(ev.evaluate(model, CorruptedDataset(data, "gaussian_noise", s), gallery=0).per_image))
         for s in (1, 3, 5)
     ]
     assert clean - noisy[0] > 0.05 and noisy[0] > noisy[1] > noisy[2]

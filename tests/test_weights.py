@@ -1,4 +1,5 @@
-"""Pretrained weights: real offline ImageNet weights classify real photos; remapping and strict key checks."""
+"""Pretrained weights: real offline ImageNet weights classify real photos; remapping and strict key checks;
+every registered basenet's `--pretrained imagenet` path, offline; GoogLeNet's full key set; a ViT's fresh pyramid."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 
 import seglab
+import seglab.models.weights as weights_module
 from seglab.errors import CheckpointError, ConfigError, PathError
-from seglab.models import build_basenet, load_pretrained
+from seglab.models import BASENETS, build_basenet, load_pretrained
 from seglab.models.weights import read_state_dict, remap_lukemelas_efficientnet, resolve_pretrained
 
 
@@ -123,16 +125,76 @@ def test_vgg16_classifier_becomes_fc6_fc7_convolutions(tmp_path):
 
 
 def test_googlenet_checkpoint_maps_into_inception_v1(tmp_path):
+    """torchvision's ImageNet GoogLeNet checkpoint holds the auxiliary classifiers aux1/aux2 too (its weights are
+    loaded into googlenet(aux_logits=True)): that real key set loads, the aux heads ignored and reported."""
     torch.manual_seed(0)
-    reference = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).eval()
+    reference = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).eval()
+    assert any(k.startswith("aux1.") for k in reference.state_dict())
     path = tmp_path / "googlenet.pth"
     torch.save(reference.state_dict(), path)
     net = build_basenet("inception_v1").eval()
-    assert load_pretrained(net, str(path)).ignored == ["net.fc.bias", "net.fc.weight"]
+    report = load_pretrained(net, str(path))
+    aux = sorted(f"net.{k}" for k in reference.state_dict() if k.startswith(("aux1.", "aux2.")))
+    assert report.ignored == sorted(["net.fc.bias", "net.fc.weight", *aux])
+    assert len(aux) == 2 * 10  # per aux head: a conv, its BN (5 tensors with the batch counter), fc1, fc2
+    assert report.loaded == len(net.state_dict())
     assert torch.equal(
         net.state_dict()["net.inception5b.branch1.conv.weight"],
         reference.state_dict()["inception5b.branch1.conv.weight"],
     )
+
+
+# The constructor options under which each torchvision architecture's DEFAULT checkpoint was saved.
+TORCHVISION_CHECKPOINT_OPTIONS = {"googlenet": {"aux_logits": True, "init_weights": False}}
+
+
+def local_timm_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The key set and shapes of timm's pretrained weights `name`, built locally with (seeded) random values."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return timm.create_model(name, pretrained=False).state_dict()
+
+
+def local_torchvision_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    """The key set and shapes of torchvision's checkpoint `weights` of `arch`, built locally with (seeded)
+    random values."""
+    assert weights == "DEFAULT"
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        options = TORCHVISION_CHECKPOINT_OPTIONS.get(arch, {})
+        return torchvision.models.get_model(arch, weights=None, **options).state_dict()
+
+
+@pytest.mark.parametrize("basenet", BASENETS.names())
+def test_every_basenet_loads_its_imagenet_weights_offline(basenet, monkeypatch):
+    """`--pretrained imagenet`, for every registered basenet, through seglab's own resolution and key mapping:
+    the hub download is replaced by the source model's state dict built locally (the offline packages load
+    their real files); every tensor lands in the basenet, only the classifier is left out."""
+    monkeypatch.setattr(weights_module, "timm_hub_state_dict", local_timm_state_dict)
+    monkeypatch.setattr(weights_module, "torchvision_hub_state_dict", local_torchvision_state_dict)
+    torch.manual_seed(0)
+    net = build_basenet(basenet)
+    state, source = resolve_pretrained(net, "imagenet")
+    spec = BASENETS[basenet]
+    assert source.startswith("package") if spec.offline_weights else source == spec.hub_weights()
+    report = load_pretrained(net, "imagenet")
+    assert report.loaded == len(net.state_dict()) and report.fresh == []
+    assert report.ignored and all(k.startswith(weights_module._classifier_prefixes(net)) for k in report.ignored)
+    own = net.state_dict()
+    converted = weights_module._to_basenet_keys(net, state)
+    assert sorted(own) == sorted(k for k in converted if k not in report.ignored)
+    key = next(k for k in own if own[k].dtype.is_floating_point and own[k].numel() > 1)
+    assert torch.equal(own[key], converted[key])
+
+
+def test_vit_loads_timm_weights_and_reports_its_fresh_pyramid(monkeypatch):
+    monkeypatch.setattr(weights_module, "timm_hub_state_dict", local_timm_state_dict)
+    net = build_basenet("vit_tiny_patch16_224")
+    report = load_pretrained(net, "imagenet")
+    assert report.source == "timm:vit_tiny_patch16_224"
+    assert report.ignored == ["body.head.bias", "body.head.weight", "body.norm.bias", "body.norm.weight"]
+    assert report.fresh and all(k.startswith("pyramid.") for k in report.fresh)
+    assert report.loaded + len(report.fresh) == len(net.state_dict())
 
 
 def test_read_state_dict_errors():

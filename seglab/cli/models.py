@@ -9,6 +9,7 @@ from seglab.cli.flags import add_config_arguments, config_from_args
 from seglab.config import ModelsConfig
 from seglab.data import DATASETS
 from seglab.models import BASENETS, DECODERS
+from seglab.models.basenets import FAMILIES
 from seglab.models.complexity import complexity_rows
 from seglab.plugins import load_plugins
 from seglab.registry import Registry
@@ -31,7 +32,8 @@ def main(args: argparse.Namespace) -> int:
     """Print the registries and the params / GFLOPs table."""
     cfg = config_from_args(ModelsConfig, args)
     load_plugins(cfg.plugins)
-    print("basenets:", listing(BASENETS), "+ any timm model with features_only")
+    tested = ", ".join(family.example for family in FAMILIES)
+    print("basenets:", listing(BASENETS), f"+ any timm model (CNN, hierarchical transformer or ViT; tested: {tested})")
     print("decoders:", listing(DECODERS))
     print("datasets:", listing(DATASETS))
     if cfg.list:

@@ -486,7 +486,8 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu", ema:
 
     The plugin modules the run was trained with are imported first, so a decoder or basenet that lives
     outside seglab is rebuilt like a built-in one. With `ema`, a checkpoint's EMA weights are loaded where
-    it has them (`LoadedRun.weights` says which).
+    it has them (`LoadedRun.weights` says which). An auxiliary head (training only) is loaded and dropped,
+    so that test, predict, bench and export see the inference network alone.
     """
     target = path if isinstance(path, Target) else resolve_target(path)
     state = read_checkpoint(target.checkpoint, device)
@@ -499,11 +500,12 @@ def load_run(path: str | Path | Target, device: str | torch.device = "cpu", ema:
         config.num_classes,
         config.output_stride,
         pretrained=None,
+        aux=config.aux_weight > 0,
         **config.decoder_options,
     )
     weights, kind = model_weights(state, ema)
     load_weights(model, weights, target.checkpoint)
-    model.to(device).eval()
+    model.drop_aux().to(device).eval()
     return LoadedRun(
         model,
         config,

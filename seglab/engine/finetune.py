@@ -27,6 +27,7 @@ from seglab.models import SegmentationModel, build_decoder
 from seglab.runs import resolve_target
 
 INHERITED = ("basenet", "decoder", "output_stride", "decoder_options")
+AUX = "aux_head."  # state-dict prefix of the auxiliary head (training only)
 """Keys a fine-tuning run takes from its source unless the command line sets them."""
 
 
@@ -139,8 +140,18 @@ def transfer_weights(model: SegmentationModel, cfg: TrainConfig, source: Source,
         )
         return notes
     if source.class_names == classes and not cfg.class_map:
-        model.load_state_dict(source.weights)
+        # The auxiliary head (training only) carries over when both have one; the run's own starts fresh
+        # when the source has none, and the source's is left out when the run has none.
+        source_aux = {k: v for k, v in source.weights.items() if k.startswith(AUX)}
+        weights = {k: v for k, v in source.weights.items() if not k.startswith(AUX)}
+        if model.aux_head is not None:
+            fresh_aux = {k: v for k, v in model.state_dict().items() if k.startswith(AUX)}
+            weights.update(source_aux or fresh_aux)
+        model.load_state_dict(weights)
         notes[0] += f" and decoder, same {len(classes)} classes"
+        if model.aux_head is not None:
+            origin = "the source's weights" if source_aux else "fresh initialization"
+            notes.append(f"  auxiliary head: {origin}")
         return notes
     pairs = class_pairs(source.class_names, classes, cfg.class_map)
     dims = class_dims(model, cfg)
@@ -162,4 +173,6 @@ def transfer_weights(model: SegmentationModel, cfg: TrainConfig, source: Source,
     notes.append(f"  class layers re-initialized: {', '.join(dims)}")
     notes.append(f"  classes keeping the source's weights: {carried or 'none'}")
     notes.append(f"  classes starting fresh: {fresh or 'none'}")
+    if model.aux_head is not None:
+        notes.append("  auxiliary head: fresh initialization (its classes differ from the source's)")
     return notes

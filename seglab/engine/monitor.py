@@ -63,6 +63,8 @@ def check_trackers(names: Iterable[str]) -> None:
 def scalars_of(record: dict) -> dict[str, float]:
     """Return the tracker scalars of a metrics.jsonl record: {tag: value}, per-class IoUs included."""
     out = {tag: float(record[key]) for key, tag in SCALARS if record.get(key) is not None}
+    for name, value in (record.get("loss_terms") or {}).items():  # a sum of loss terms, or an auxiliary head
+        out[f"train/loss_{name}"] = float(value)
     for name, iou in (record.get("val_per_class_iou") or {}).items():
         if iou is not None:
             out[f"val_class_iou/{name}"] = float(iou)

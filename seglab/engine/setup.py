@@ -37,7 +37,7 @@ from seglab.engine import checkpoint
 from seglab.engine.distributed import DistInfo
 from seglab.engine.finetune import Source, check_source, inherit, read_source, transfer_weights
 from seglab.engine.inference import model_stride
-from seglab.engine.losses import SegmentationLoss
+from seglab.engine.losses import Objective, build_objective
 from seglab.engine.monitor import Monitor, check_trackers
 from seglab.engine.sampler import TrainBatchSampler
 from seglab.engine.schedule import build_scheduler, extend_schedule
@@ -92,13 +92,13 @@ class Network:
 
 @dataclass
 class Optimization:
-    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss, the autocast dtype (None: fp32), the
-    forward/backward passes per step (`--accumulate`) and the gradient-norm clip (0: off)."""
+    """Optimizer, per-step LR scheduler, AMP gradient scaler, loss (its terms), the autocast dtype (None:
+    fp32), the forward/backward passes per step (`--accumulate`) and the gradient-norm clip (0: off)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    loss_fn: SegmentationLoss
+    loss_fn: Objective
     amp_dtype: torch.dtype | None
     accumulate: int = 1
     clip_grad: float = 0.0
@@ -338,7 +338,13 @@ def build_network(cfg: TrainConfig, info: DistInfo, restoring: bool) -> Segmenta
     # --init-from replaces every basenet weight, so ImageNet weights are not loaded (nor downloaded) first.
     pretrained = None if restoring or cfg.init_from or cfg.pretrained in ("", "none") else cfg.pretrained
     raw = build_model(
-        cfg.basenet, cfg.decoder, cfg.num_classes, cfg.output_stride, pretrained, **cfg.decoder_options
+        cfg.basenet,
+        cfg.decoder,
+        cfg.num_classes,
+        cfg.output_stride,
+        pretrained,
+        aux=cfg.aux_weight > 0,
+        **cfg.decoder_options,
     ).to(info.device)
     if cfg.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
@@ -391,8 +397,15 @@ def build_optimization(
         optimizer = torch.optim.AdamW(
             params, lr=cfg.learnrate, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
         )
-    loss_fn = SegmentationLoss(
-        cfg.num_classes, ignore_index, cfg.class_weights, cfg.loss == "ohem", cfg.ohem_thresh, cfg.ohem_min_kept
+    loss_fn = build_objective(
+        cfg.loss,
+        cfg.num_classes,
+        ignore_index,
+        cfg.class_weights,
+        cfg.ohem_thresh,
+        cfg.ohem_min_kept,
+        cfg.focal_gamma,
+        cfg.aux_weight,
     ).to(info.device)
     return Optimization(
         optimizer,

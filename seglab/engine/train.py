@@ -20,7 +20,7 @@ import math
 import signal
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -143,6 +143,9 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
         if outcome.grad_norm is not None:
             progress.counters["window_grad_norm"] += outcome.grad_norm
             progress.counters["window_clipped"] += int(outcome.grad_norm > run.opt.clip_grad)
+        if len(outcome.terms) > 1:  # a sum of loss terms, or an auxiliary head: log each contribution
+            for name, value in outcome.terms.items():
+                progress.counters[f"window_loss_{name}"] = progress.counters.get(f"window_loss_{name}", 0.0) + value
         if progress.bar is not None:
             progress.bar.update(1)
             progress.bar.set_postfix(loss=f"{outcome.loss:.4f}", refresh=False)
@@ -156,12 +159,14 @@ def train_one_epoch(run: Run, batches: Iterable[dict]) -> bool:
 @dataclass(frozen=True)
 class StepOutcome:
     """What one optimizer step reports: the global mean loss, whether any rank was signalled, samples skipped,
-    and the global gradient norm before clipping (None without --clip-grad)."""
+    the global gradient norm before clipping (None without --clip-grad) and the loss's terms (weighted
+    contributions that add up to `loss`, by name)."""
 
     loss: float
     stopping: bool
     skipped: int
     grad_norm: float | None = None
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 def unfreeze_if_due(run: Run) -> None:
@@ -214,26 +219,30 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
     forward/backward passes.
 
     Every rank decides alike from all-reduced numbers (a rank raising alone would leave the others waiting in a
-    collective): the global normalizer (valid pixels over all ranks) is reduced before any pass, so each pass's
-    loss sum is divided by it and N passes add up to the gradient of one pass over the batch; the loss, the
-    stop flag, the skipped and used sample counts and whether a rank failed are reduced after the forward
-    passes and before the last, gradient-synchronizing backward. A share whose samples were all skipped runs
-    as an empty batch, so that its rank still takes part in DDP's collectives.
+    collective). The loss has one (sum, normalizer) per term (`Objective`); each term's global normalizer (valid
+    pixels, or images, over all ranks) is reduced from the labels before any pass, so each pass's sums are
+    divided by it and N passes add up to the gradient of one pass over the batch. The sums, normalizers, stop
+    flag, skipped and used sample counts and whether a rank failed are reduced after the forward passes and
+    before the last, gradient-synchronizing backward, which divides by the reduced normalizers: OHEM's kept
+    pixels are known only then (with several passes, OHEM is the only term and the earlier passes' gradients
+    are rescaled to them). A share whose samples were all skipped runs as an empty batch, so that its rank
+    still takes part in DDP's collectives.
     """
     device = info.device
     images, labels = step_inputs(net, batch)
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    normalizer = distributed.all_reduce_sum(opt.loss_fn.normalizer(labels)).clamp(min=1.0)
+    normalizers = distributed.all_reduce_sum(opt.loss_fn.normalizers(labels)).clamp(min=1.0)
     opt.optimizer.zero_grad(set_to_none=True)
     passes = [
         (x, y)
         for x, y in zip(images.tensor_split(opt.accumulate), labels.tensor_split(opt.accumulate), strict=True)
         if len(x)
     ] or [(images, labels)]
-    loss_sum = torch.zeros((), device=device)
-    norm = torch.zeros((), device=device)
-    failed, last_loss = False, None
+    count = len(normalizers)
+    sums = torch.zeros(count, device=device)
+    norms = torch.zeros(count, device=device)
+    failed, last_sums = False, None
     for i, (part_images, part_labels) in enumerate(passes):
         last = i == len(passes) - 1
         with sync_gradients(net.model, last=last):
@@ -242,32 +251,26 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
-                    logits = net.model(x)
-                part_sum, part_norm = opt.loss_fn(logits, part_labels)  # fp32, outside autocast
+                    output = net.model(x)  # the logits; (logits, aux logits) with an auxiliary head
+                part_sums, part_norms = opt.loss_fn(output, part_labels)  # per term; fp32, outside autocast
             except ValueError as err:  # BatchNorm on one value per channel: decided by every rank below
                 if "Expected more than 1 value per channel" not in str(err):
                     raise
                 failed = True
                 break
-            scaled = opt.scaler.scale(part_sum * info.world_size / normalizer)  # DDP averages over ranks
             if last:
-                last_loss = scaled  # its backward synchronizes gradients: only once every rank is known to go on
+                last_sums = part_sums  # its backward synchronizes gradients: only once every rank is known to go on
             else:
-                scaled.backward()
-        loss_sum += part_sum.detach()
-        norm += part_norm
-    totals = torch.stack(
-        [
-            loss_sum,
-            norm,
-            torch.tensor(float(stop.signum != 0), device=device),
-            torch.tensor(float(len(batch["skipped"])), device=device),
-            torch.tensor(float(len(batch["index"])), device=device),
-            torch.tensor(float(failed), device=device),
-        ]
+                opt.scaler.scale((part_sums * info.world_size / normalizers).sum()).backward()  # DDP averages
+        sums += part_sums.detach()
+        norms += part_norms
+    flags = torch.tensor(
+        [float(stop.signum != 0), float(len(batch["skipped"])), float(len(batch["index"])), float(failed)],
+        device=device,
     )
-    distributed.all_reduce_sum(totals)
-    loss_total, norm_total, stop_total, skipped, used, failures = totals.tolist()
+    totals = distributed.all_reduce_sum(torch.cat([sums, norms, flags]))
+    values = totals.tolist()
+    stop_total, skipped, used, failures = values[2 * count :]
     if used == 0:
         bad = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped_on_every_rank(batch))
         raise TrainingError(
@@ -280,23 +283,27 @@ def train_step(net: Network, opt: Optimization, batch: dict, stop: StopFlag, inf
             f"a process; the step used {int(used)} samples on {info.world_size} processes, {int(skipped)} skipped), "
             "which BatchNorm cannot normalize while training; use a larger --batch-size or --crop, or --freeze-bn"
         )
-    last_loss.backward()
-    if opt.loss_fn.ohem:  # OHEM keeps a share of the pixels known only after the passes: renormalize to it
-        factor = normalizer / totals[1].clamp(min=1.0)
+    global_norms = totals[count : 2 * count].clamp(min=1.0)
+    if opt.loss_fn.ohem and len(passes) > 1:  # the earlier passes divided by the pixels before mining
+        factor = normalizers[0] / global_norms[0]
         for p in net.raw.parameters():
             if p.grad is not None:
                 p.grad.mul_(factor)
+    final = global_norms if opt.loss_fn.ohem else normalizers  # equal for the other terms
+    opt.scaler.scale((last_sums * info.world_size / final).sum()).backward()
     grad_norm = clip_gradients(net.raw, opt) if opt.clip_grad > 0 else None
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
     if net.ema is not None:
         net.ema.update_parameters(net.raw)
+    terms = [total / max(norm, 1.0) for total, norm in zip(values[:count], values[count : 2 * count], strict=True)]
     return StepOutcome(
-        loss_total / max(norm_total, 1.0),
+        sum(terms),
         stop_total > 0,
         int(skipped),
         float(grad_norm) if grad_norm is not None else None,
+        dict(zip(opt.loss_fn.names, terms, strict=True)),
     )
 
 
@@ -434,6 +441,10 @@ def log_record(run: Run) -> dict:
     if run.opt.clip_grad > 0:  # the mean norm before clipping, and how many steps of the window were clipped
         record["grad_norm"] = progress.counters["window_grad_norm"] / max(steps, 1)
         record["clipped_steps"] = progress.counters["window_clipped"]
+    terms = {k.removeprefix("window_loss_"): v for k, v in progress.counters.items() if k.startswith("window_loss_")}
+    if terms:  # a sum of loss terms, or an auxiliary head: the mean of each weighted contribution
+        record["loss_terms"] = {name: value / max(steps, 1) for name, value in terms.items()}
+        progress.counters.update(dict.fromkeys((f"window_loss_{name}" for name in terms), 0.0))
     progress.counters.update(window_loss=0.0, window_steps=0, window_grad_norm=0.0, window_clipped=0)
     progress.window_start = now
     return record

@@ -7,9 +7,9 @@ import inspect
 import seglab.models.fcn  # noqa: F401  (registers FCN first: registration order is listing order)
 from seglab.config import SEED_BASENETS
 from seglab.errors import ConfigError
-from seglab.models import deeplab, fcnw, linknet, lraspp  # noqa: F401  (register their decoders)
+from seglab.models import deeplab, fcnw, fpn, linknet, lraspp, pspnet, segformer, unet, upernet  # noqa: F401  (register their decoders)  # noqa: F401  (register their decoders)
 from seglab.models.basenets import BASENETS, Basenet, BasenetSpec, Tap, Top1, basenet_spec, build_basenet
-from seglab.models.meta import Decoder, SegmentationModel
+from seglab.models.meta import AuxHead, Decoder, SegmentationModel
 from seglab.models.registry import DECODERS
 from seglab.models.weights import load_pretrained
 
@@ -33,24 +33,28 @@ def build_model(
     num_classes: int,
     output_stride: int = 32,
     pretrained: str | None = None,
+    aux: bool = False,
     **decoder_options,
 ) -> SegmentationModel:
     """Return a basenet x decoder network mapping normalized (N,3,H,W) images to (N,num_classes,H,W) logits.
 
-    `pretrained` loads ImageNet weights into the basenet (see `seglab.models.weights.resolve_pretrained`).
+    `pretrained` loads ImageNet weights into the basenet (see `seglab.models.weights.resolve_pretrained`);
+    `aux` adds the auxiliary FCN head on the stride-16 tap (training only: see `SegmentationModel`).
     """
     if num_classes < 1:
         raise ConfigError(f"num_classes must be positive, got {num_classes}")
     net = build_basenet(basenet, output_stride)
     if pretrained:
         load_pretrained(net, pretrained)
-    return SegmentationModel(net, build_decoder(decoder, net, num_classes, **decoder_options))
+    head = build_decoder(decoder, net, num_classes, **decoder_options)
+    return SegmentationModel(net, head, AuxHead(net, num_classes) if aux else None)
 
 
 __all__ = [
     "BASENETS",
     "DECODERS",
     "SEED_BASENETS",
+    "AuxHead",
     "Basenet",
     "BasenetSpec",
     "Decoder",

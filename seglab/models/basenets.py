@@ -1,8 +1,12 @@
 """Basenets (feature extractors): ImageNet classification nets cut into taps, and the record of each one.
 
 The contract between basenet and decoder follows timm's `feature_info`: a basenet reports its taps (name,
-channels, nominal reduction 4/8/16/32 and the actual stride after dilation) and its forward pass returns a
-dict ``{reduction: feature map}``. Decoders depend on nothing else, so any basenet works with any decoder.
+channels, nominal reduction 2/4/8/16/32 and the actual stride after dilation) and its forward pass returns a
+dict ``{reduction: NCHW feature map}``. Decoders depend on nothing else, so any basenet works with any decoder.
+timm models come in three kinds behind that one contract (`timm_basenet` picks): CNNs and hierarchical
+transformers through `features_only` (channels-last outputs such as Swin's and MambaOut's converted to NCHW,
+timm's `output_fmt`), and single-stride ViTs (ViT, DeiT, EVA, DINOv2 with registers) through
+`forward_intermediates` on four blocks plus a ViTDet-style simple feature pyramid (`VitBasenet`).
 
 Every registered basenet has one `BasenetSpec` in `BASENETS`, the one place that holds its facts: the
 builder, the output strides it supports, its input normalization, where its ImageNet weights come from
@@ -13,19 +17,21 @@ spec made on the fly.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import timm
 import torch
 import torchvision
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from seglab import plugins
 from seglab.errors import ConfigError
 from seglab.registry import Registry
 
-REDUCTIONS = (4, 8, 16, 32)
+REDUCTIONS = (2, 4, 8, 16, 32)
 OUTPUT_STRIDES = (8, 16, 32)
 TIMM_RESULTS_CSV = (
     "https://github.com/huggingface/pytorch-image-models/blob/0173a139a2c66db3a41ebfe1d8ac4fb02483642e/"
@@ -39,12 +45,13 @@ TIMM_README_MOBILENET_V1 = (
 
 @dataclass(frozen=True)
 class Tap:
-    """One feature map a basenet exposes: `reduction` is the nominal stride, `stride` the actual one."""
+    """One feature map a basenet exposes: `reduction` is the nominal stride, `stride` the actual one (after
+    dilation; 3.5 and 7 for the pyramid levels of a patch-14 ViT)."""
 
     name: str
     channels: int
     reduction: int
-    stride: int
+    stride: float
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,17 @@ class Basenet(nn.Module):
     output_stride: int
     # Own state-dict key prefixes of the ImageNet classifier: ignored (and reported) when loading weights.
     classifier_prefixes: tuple[str, ...] = ()
+    # Own key prefixes of layers the basenet adds to the classification net (a ViT's feature pyramid): no
+    # ImageNet checkpoint has them, so loading weights leaves them initialized (and reports them).
+    fresh_prefixes: tuple[str, ...] = ()
+    # Inputs are padded (bottom/right, zeros) to a multiple of this and the logits cropped back
+    # (`SegmentationModel`): patch-embedding stems need whole patches; 1 where convolutions take any size.
+    pad_multiple: int = 1
+
+    @property
+    def deepest(self) -> int:
+        """Return the nominal reduction of the coarsest tap (the one a decoder decodes first)."""
+        return max(t.reduction for t in self.taps)
 
     def tap(self, reduction: int) -> Tap:
         """Return the tap at nominal `reduction`, or raise naming the reductions this basenet has."""
@@ -167,13 +185,55 @@ def _nominal_reductions(actual: Sequence[int]) -> list[int]:
     return nominal
 
 
-class TimmBasenet(Basenet):
-    """Any timm model that supports `features_only`; dilation through timm's `output_stride`."""
+def _timm_kwargs(model_name: str) -> tuple[nn.Module, dict]:
+    """Return the model built on the meta device (to inspect it) and the constructor options seglab passes.
 
-    def __init__(self, model_name: str, output_stride: int = 32, name: str | None = None) -> None:
+    Models that can resize their position embeddings or attention masks to the input (ViT, EVA, Swin:
+    timm's `dynamic_img_size`) get it, so that they run at any training crop or test image size.
+    """
+    with torch.device("meta"):
+        probe = timm.create_model(model_name, pretrained=False)
+    accepted = inspect.signature(type(probe).__init__).parameters
+    return probe, ({"dynamic_img_size": True} if "dynamic_img_size" in accepted else {})
+
+
+def timm_basenet(model_name: str, output_stride: int = 32, name: str | None = None) -> Basenet:
+    """Return a timm model as a basenet: a single-stride ViT through `VitBasenet`, any other through
+    `features_only` (`TimmBasenet`)."""
+    name = name or model_name
+    try:
+        probe, kwargs = _timm_kwargs(model_name)
+    except (AssertionError, TypeError, ValueError, NotImplementedError, RuntimeError) as err:
+        raise ConfigError(f"basenet {name!r}: timm cannot build {model_name!r}: {err or type(err).__name__}") from err
+    reductions = {info["reduction"] for info in getattr(probe, "feature_info", [])}
+    if len(reductions) == 1 and hasattr(probe, "forward_intermediates"):
+        return VitBasenet(model_name, output_stride, name, len(probe.feature_info), kwargs)
+    return TimmBasenet(model_name, output_stride, name, kwargs)
+
+
+class TimmModel(Basenet):
+    """A basenet whose weights live in a timm model `body` (`timm_name`): ImageNet keys are `body.` + timm's."""
+
+    body: nn.Module
+    timm_name: str
+
+
+class TimmBasenet(TimmModel):
+    """Any timm model that supports `features_only`; dilation through timm's `output_stride`.
+
+    Channels-last outputs (timm's `output_fmt` NHWC: Swin, MambaOut) are permuted to NCHW. Models without a
+    stride-2 feature have a patch-embedding stem (ConvNeXt, Swin, PVTv2, MambaOut): their inputs are padded to
+    the deepest stride, so that every level covers the whole image.
+    """
+
+    def __init__(
+        self, model_name: str, output_stride: int = 32, name: str | None = None, kwargs: dict | None = None
+    ) -> None:
         super().__init__()
         self.name = name or model_name
-        kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
+        kwargs = dict(kwargs or {})
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
         try:
             self.body = timm.create_model(model_name, pretrained=False, features_only=True, **kwargs)
         except (AssertionError, TypeError, ValueError, NotImplementedError, RuntimeError) as err:
@@ -194,17 +254,86 @@ class TimmBasenet(Basenet):
                 f"basenet {self.name!r} (timm {model_name!r}) ignored output stride {output_stride} "
                 f"(its deepest tap is at stride {actual[-1]}); use --output-stride 32"
             )
-        # The deepest feature at each stride (a ViT gives several at stride 16).
+        # The deepest feature at each stride.
         last_at = {r: i for i, r in enumerate(nominal) if r in REDUCTIONS}
         keep = sorted(last_at.values())
         self.tap_indices = keep
         self.taps = tuple(Tap(info.module_name(i), info.channels()[i], nominal[i], actual[i]) for i in keep)
+        self.channels_last_output = getattr(self.body, "output_fmt", "NCHW") == "NHWC"  # a str enum in timm
+        self.pad_multiple = actual[-1] if min(nominal) > 2 else 1
         self.output_stride = output_stride
         self.timm_name = model_name
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         features = self.body(x)
+        if self.channels_last_output:
+            features = [f.permute(0, 3, 1, 2) for f in features]
         return {tap.reduction: features[i] for tap, i in zip(self.taps, self.tap_indices, strict=True)}
+
+
+class VitBasenet(TimmModel):
+    """A single-stride ViT (ViT, DeiT, EVA, DINOv2 with registers) with a ViTDet-style simple feature pyramid.
+
+    timm's `forward_intermediates` returns the token maps (stride = patch size p) of four blocks spread over the
+    depth (blocks 3, 6, 9 and 12 of 12); from shallow to deep they become the taps at nominal strides 4, 8, 16
+    and 32, as in BEiT's and ViTDet's segmentation necks (Li et al., "Exploring Plain Vision Transformer
+    Backbones for Object Detection", ECCV 2022): a LayerNorm, then two 2x2 deconvolutions (D -> D/2 -> D/4,
+    LayerNorm + GELU between) for stride 4, one (D -> D/2) for stride 8, identity for 16, 2x2 max pooling for
+    32. Position embeddings are interpolated to each input size (timm's `dynamic_img_size`); inputs are padded
+    to 2p (whole patches, an even token grid for the pooling) and the logits cropped back. The classifier head
+    and the blocks after the last tapped one are pruned.
+    """
+
+    def __init__(
+        self, model_name: str, output_stride: int, name: str, depth: int, kwargs: dict, blocks: int = 4
+    ) -> None:
+        super().__init__()
+        self.name = name
+        if output_stride != 32:
+            raise ConfigError(
+                f"basenet {name!r} (timm {model_name!r}) is a single-stride ViT: its feature pyramid is fixed at "
+                "strides 4 to 32 and cannot be dilated; use --output-stride 32"
+            )
+        if "dynamic_img_size" not in kwargs:
+            raise ConfigError(
+                f"basenet {name!r}: timm {model_name!r} cannot resize its position embeddings to other input "
+                "sizes (no dynamic_img_size), so it cannot segment images of any size"
+            )
+        self.body = timm.create_model(model_name, pretrained=False, **kwargs)
+        self.block_indices = [round(depth * (k + 1) / blocks) - 1 for k in range(blocks)]
+        self.body.prune_intermediate_layers(self.block_indices, prune_norm=True, prune_head=True)
+        dim = self.body.feature_info[0]["num_chs"]
+        patch = self.body.feature_info[0]["reduction"]
+        widths = {4: dim // 4, 8: dim // 2, 16: dim, 32: dim}
+        self.pyramid = nn.ModuleDict(
+            {
+                "4": nn.Sequential(
+                    LayerNorm2d(dim),
+                    nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+                    LayerNorm2d(dim // 2),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+                ),
+                "8": nn.Sequential(LayerNorm2d(dim), nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)),
+                "16": nn.Sequential(LayerNorm2d(dim)),
+                "32": nn.Sequential(LayerNorm2d(dim), nn.MaxPool2d(2)),
+            }
+        )
+        strides = {r: patch * r / 16 for r in (4, 8, 16, 32)}  # 3.5, 7, 14, 28 for patch 14
+        self.taps = tuple(
+            Tap(f"blocks.{i}", widths[r], r, int(strides[r]) if strides[r].is_integer() else strides[r])
+            for r, i in zip((4, 8, 16, 32), self.block_indices, strict=True)
+        )
+        self.fresh_prefixes = ("pyramid.",)
+        self.pad_multiple = 2 * patch
+        self.output_stride = 32
+        self.timm_name = model_name
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        maps = self.body.forward_intermediates(
+            x, indices=self.block_indices, output_fmt="NCHW", intermediates_only=True
+        )
+        return {tap.reduction: self.pyramid[str(tap.reduction)](m) for tap, m in zip(self.taps, maps, strict=True)}
 
 
 class StagedBasenet(Basenet):
@@ -256,7 +385,7 @@ def register(spec: BasenetSpec, aliases: tuple[str, ...] = ()) -> BasenetSpec:
 class VGG16FCN(Basenet):
     """VGG16 with fc6/fc7 as convolutions (7x7 and 1x1, 4096 channels), as in the FCN paper.
 
-    Taps: pool2 (s4), pool3 (s8), pool4 (s16), fc7 (s32). fc6 uses padding 3 instead of the paper's input
+    Taps: pool1 (s2), pool2 (s4), pool3 (s8), pool4 (s16), fc7 (s32). fc6 uses padding 3 instead of the paper's input
     padding of 100 and crop layers, so feature maps stay aligned with the input without cropping.
     """
 
@@ -268,9 +397,10 @@ class VGG16FCN(Basenet):
         self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
         self.drop = nn.Dropout2d(0.5)
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
-        # features[:pools[1]+1] -> pool2 (s4), up to pools[2] -> pool3 (s8), pools[3] -> pool4 (s16), pools[4] -> s32
-        self.cuts = [pools[1] + 1, pools[2] + 1, pools[3] + 1, pools[4] + 1]
+        # features[:pools[0]+1] -> pool1 (s2), up to pools[1] -> pool2 (s4), pools[2] -> pool3 (s8), ...
+        self.cuts = [pool + 1 for pool in pools]
         self.taps = (
+            Tap("pool1", 64, 2, 2),
             Tap("pool2", 128, 4, 4),
             Tap("pool3", 256, 8, 8),
             Tap("pool4", 512, 16, 16),
@@ -307,7 +437,8 @@ def inception_v1(output_stride: int = 32) -> Basenet:
     """Inception V1 / GoogLeNet (Szegedy et al. 2015), torchvision's port, cut at its four strides."""
     net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=False)
     stages = [
-        (Tap("conv3", 192, 4, 4), ["conv1", "maxpool1", "conv2", "conv3"]),
+        (Tap("conv1", 64, 2, 2), ["conv1"]),
+        (Tap("conv3", 192, 4, 4), ["maxpool1", "conv2", "conv3"]),
         (Tap("inception3b", 480, 8, 8), ["maxpool2", "inception3a", "inception3b"]),
         (
             Tap("inception4e", 832, 16, 16),
@@ -315,7 +446,8 @@ def inception_v1(output_stride: int = 32) -> Basenet:
         ),
         (Tap("inception5b", 1024, 32, 32), ["maxpool4", "inception5a", "inception5b"]),
     ]
-    return StagedBasenet("inception_v1", net, stages, 32, ("fc.",))
+    # torchvision's ImageNet checkpoint also holds the training-time auxiliary classifiers aux1/aux2.
+    return StagedBasenet("inception_v1", net, stages, 32, ("fc.", "aux1.", "aux2."))
 
 
 def torchvision_resnet(arch: str, output_stride: int = 32) -> Basenet:
@@ -327,8 +459,8 @@ def torchvision_resnet(arch: str, output_stride: int = 32) -> Basenet:
     net = getattr(torchvision.models, arch)(weights=None, replace_stride_with_dilation=dilation)
     channels = [c * net.layer1[0].expansion for c in (64, 128, 256, 512)]
     strides = [4, 8, min(16, output_stride), min(32, output_stride)]
-    paths = [["conv1", "bn1", "relu", "maxpool", "layer1"], ["layer2"], ["layer3"], ["layer4"]]
-    stages = [
+    paths = [["maxpool", "layer1"], ["layer2"], ["layer3"], ["layer4"]]
+    stages = [(Tap("relu", 64, 2, 2), ["conv1", "bn1", "relu"])] + [
         (Tap(f"layer{i + 1}", ch, 4 * 2**i, s), p)
         for i, (ch, s, p) in enumerate(zip(channels, strides, paths, strict=True))
     ]
@@ -339,8 +471,8 @@ def mobilenet_v3_large(output_stride: int = 32) -> Basenet:
     """MobileNetV3-Large (Howard et al. 2019), torchvision's layout; output stride 16 dilates the last stage."""
     net = torchvision.models.mobilenet_v3_large(weights=None, dilated=output_stride == 16)
     # Stage ends: the last block of each resolution in torchvision's `features` list.
-    ends = {4: 3, 8: 6, 16: 12, 32: 16}
-    channels = {4: 24, 8: 40, 16: 112, 32: 960}
+    ends = {2: 1, 4: 3, 8: 6, 16: 12, 32: 16}
+    channels = {2: 16, 4: 24, 8: 40, 16: 112, 32: 960}
     stages, start = [], 0
     for reduction, end in ends.items():
         stride = min(reduction, output_stride)
@@ -359,7 +491,7 @@ def timm_spec(name: str, timm_name: str | None = None, summary: str = "", **fact
     timm_name = timm_name or name
 
     def build(output_stride: int) -> Basenet:
-        return TimmBasenet(timm_name, output_stride, name=name)
+        return timm_basenet(timm_name, output_stride, name=name)
 
     return BasenetSpec(name, summary or f"timm {timm_name!r} (features_only)", build, timm_name=timm_name, **facts)
 
@@ -395,6 +527,14 @@ register(
         top1=Top1(73.158, "timm resnet18.a1_in1k", 288, TIMM_RESULTS_CSV),
     ),
     aliases=("resnet_v1_18",),
+)
+register(
+    timm_spec(
+        "resnet34",
+        summary="ResNet34 (He et al. 2016), timm's implementation (torchvision's key names, dilation supported)",
+        top1=Top1(77.918, "timm resnet34.a1_in1k", 288, TIMM_RESULTS_CSV),
+    ),
+    aliases=("resnet_v1_34",),
 )
 register(
     timm_spec(
@@ -442,6 +582,39 @@ register(
         torchvision_arch="mobilenet_v3_large",
     )
 )
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of timm models seglab is tested with as basenets: the smallest member the tests build, how
+    it is tapped, and whether the tests train it with every decoder (else with a few)."""
+
+    name: str
+    example: str
+    tapping: str
+    every_decoder: bool = True
+
+
+FEATURES_ONLY = "`features_only` stage outputs"
+VIT_TAPS = "`forward_intermediates` of blocks 3/6/9/12 + simple feature pyramid (deconv x4/x2, identity, max-pool)"
+FAMILIES = (
+    Family("ViT (Dosovitskiy et al. 2021), patch 16", "vit_tiny_patch16_224", VIT_TAPS),
+    Family("DeiT (Touvron et al. 2021)", "deit_tiny_patch16_224", VIT_TAPS, every_decoder=False),
+    Family("EVA-02 (Fang et al. 2024), patch 14, RoPE", "eva02_tiny_patch14_224", VIT_TAPS + ": strides 3.5-28"),
+    Family(
+        "DINOv2 ViT with registers (Darcet et al. 2024), patch 14",
+        "vit_small_patch14_reg4_dinov2",
+        VIT_TAPS + "; register tokens dropped",
+        every_decoder=False,
+    ),
+    Family("Swin (Liu et al. 2021)", "swin_tiny_patch4_window7_224", FEATURES_ONLY + ", NHWC -> NCHW"),
+    Family("MambaOut (Yu & Wang 2025)", "mambaout_femto", FEATURES_ONLY + ", NHWC -> NCHW"),
+    Family("PVTv2 (Wang et al. 2022)", "pvt_v2_b0", FEATURES_ONLY),
+    Family("ConvNeXt (Liu et al. 2022)", "convnext_atto", FEATURES_ONLY),
+    Family("EfficientNetV2 (Tan & Le 2021)", "tf_efficientnetv2_b0", FEATURES_ONLY + " (with stride 2)"),
+    Family("RegNet (Radosavovic et al. 2020)", "regnetx_002", FEATURES_ONLY + " (with stride 2)"),
+)
+"""The timm families the tests build as basenets (README: "Basenets"); any other timm model works the same way."""
 
 
 def basenet_spec(name: str) -> BasenetSpec:

@@ -40,8 +40,8 @@ def atrous_rates(basenet: Basenet, rates: Sequence[int] | None, who: str) -> tup
         if not rates or any(r < 1 for r in rates):
             raise ConfigError(f"decoder {who!r}: rates must be positive integers, got {list(rates)}")
         return tuple(rates)
-    stride = basenet.tap(32).stride
-    return tuple(max(1, r * 16 // stride) for r in RATES_AT_STRIDE_16)
+    stride = basenet.tap(basenet.deepest).stride
+    return tuple(max(1, round(r * 16 / stride)) for r in RATES_AT_STRIDE_16)
 
 
 def separable_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -62,7 +62,7 @@ class DeepLabV3(Decoder):
     ) -> None:
         super().__init__(basenet, num_classes)
         self.rates = atrous_rates(basenet, rates, self.name)
-        self.aspp = ASPP(self.taps[32].channels, self.rates, channels)
+        self.aspp = ASPP(self.taps[self.deepest].channels, self.rates, channels)
         self.refine = Conv2dNormActivation(channels, channels, 3)
         self.score = nn.Conv2d(channels, num_classes, 1)
 
@@ -91,7 +91,7 @@ class DeepLabV3Plus(Decoder):
         super().__init__(basenet, num_classes, skips=(low_level,))
         self.low_level = low_level
         self.rates = atrous_rates(basenet, rates, self.name)
-        self.aspp = ASPP(self.taps[32].channels, self.rates, channels)
+        self.aspp = ASPP(self.taps[self.deepest].channels, self.rates, channels)
         self.reduce = Conv2dNormActivation(self.taps[low_level].channels, low_channels, 1)
         refine = separable_block if separable else partial(Conv2dNormActivation, kernel_size=3)
         self.refine = nn.Sequential(refine(channels + low_channels, channels), refine(channels, channels))

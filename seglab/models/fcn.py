@@ -41,7 +41,7 @@ class FCN(Decoder):
     ) -> None:
         self.name = f"fcn{min(skips, default=32)}s"
         super().__init__(basenet, num_classes, skips)
-        self.score_fr = self._score(self.taps[32].channels)
+        self.score_fr = self._score(self.taps[self.deepest].channels)
         self.score_skips = nn.ModuleDict({str(s): self._score(self.taps[s].channels) for s in self.skips})
         self.upscores = None
         if trainable_upsampling:

@@ -48,16 +48,16 @@ class FCNW(Decoder):
             raise ConfigError(f"decoder {self.name!r}: width must be a positive number of channels, got {width}")
         self.width = width
         self.global_context = global_context
-        deep_channels = self.taps[32].channels * (2 if global_context else 1)
-        self.project = nn.ModuleDict({"32": Conv2dNormActivation(deep_channels, width, 1)})
+        deep_channels = self.taps[self.deepest].channels * (2 if global_context else 1)
+        self.project = nn.ModuleDict({str(self.deepest): Conv2dNormActivation(deep_channels, width, 1)})
         self.project.update({str(s): Conv2dNormActivation(self.taps[s].channels, width, 1) for s in self.skips})
-        self.refine = nn.ModuleDict({str(s): separable_block(width, width) for s in (32, *self.skips)})
+        self.refine = nn.ModuleDict({str(s): separable_block(width, width) for s in (self.deepest, *self.skips)})
         self.score = nn.Conv2d(width, num_classes, 1)
 
     def decode_deepest(self, x: Tensor) -> Tensor:
         if self.global_context:
             x = torch.cat([x, x.mean(dim=(2, 3), keepdim=True).expand_as(x)], dim=1)
-        return self.refine["32"](self.project["32"](x))
+        return self.refine[str(self.deepest)](self.project[str(self.deepest)](x))
 
     def fuse(self, x: Tensor, skip: Tensor, level: int) -> Tensor:
         return self.refine[str(level)](x + self.project[str(level)](skip))

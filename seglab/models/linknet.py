@@ -66,7 +66,7 @@ class LinkNet(Decoder):
         self.blocks = nn.ModuleDict(
             {
                 str(fine): LinkNetBlock(self.taps[coarse].channels, self.taps[fine].channels, self._scale(coarse, fine))
-                for coarse, fine in pairwise((32, *self.skips))
+                for coarse, fine in pairwise((self.deepest, *self.skips))
             }
         )
         width = self.taps[4].channels
@@ -80,7 +80,7 @@ class LinkNet(Decoder):
         )
 
     def _scale(self, coarse: int, fine: int) -> int:
-        return self.taps[coarse].stride // self.taps[fine].stride
+        return round(self.taps[coarse].stride / self.taps[fine].stride)
 
     def decode_deepest(self, x: Tensor) -> Tensor:
         return x

@@ -26,7 +26,7 @@ class LRASPP(Decoder):
 
     def __init__(self, basenet: Basenet, num_classes: int, inter_channels: int = 128, low_level: int = 8) -> None:
         super().__init__(basenet, num_classes, skips=(low_level,))
-        high_channels = self.taps[32].channels
+        high_channels = self.taps[self.deepest].channels
         self.cbr = Conv2dNormActivation(high_channels, inter_channels, 1)
         self.scale = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),

@@ -3,8 +3,9 @@
 Where a basenet's weights come from is its `BasenetSpec`'s business (offline package, timm name,
 torchvision architecture); this module resolves a `--pretrained` value against the spec and loads it.
 Loading never degrades silently: after remapping, a checkpoint key that matches nothing (other than the
-basenet's ImageNet classifier, which is reported as ignored) or a model key the checkpoint lacks is an
-error that lists the keys.
+basenet's ImageNet classifier, which is reported as ignored) or a model key the checkpoint lacks (other than
+layers the basenet adds, such as a ViT's feature pyramid, which are reported as fresh) is an error that
+lists the keys.
 """
 
 from __future__ import annotations
@@ -23,18 +24,20 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from seglab.errors import CheckpointError, ConfigError, PathError
-from seglab.models.basenets import BASENETS, Basenet, TimmBasenet
+from seglab.models.basenets import BASENETS, Basenet, TimmModel
 
 LUKEMELAS_PREFIXES = ("_conv_stem.", "_bn0.", "_blocks.")
 
 
 @dataclass
 class LoadReport:
-    """What a pretrained load did: the source, how many tensors were loaded, the keys ignored."""
+    """What a pretrained load did: the source, how many tensors were loaded, the keys ignored (the
+    checkpoint's classifier) and the fresh ones (the basenet's own layers, left initialized)."""
 
     source: str
     loaded: int
     ignored: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -96,7 +99,7 @@ def remap_lukemelas_efficientnet(state: dict[str, Tensor], timm_name: str) -> di
 
 def _classifier_prefixes(basenet: Basenet) -> tuple[str, ...]:
     """Prefixes (in the basenet's own key space) of the classification net's parts that the basenet dropped."""
-    if not isinstance(basenet, TimmBasenet):
+    if not isinstance(basenet, TimmModel):
         return basenet.classifier_prefixes
     with torch.device("meta"):
         full = timm.create_model(basenet.timm_name, pretrained=False).state_dict()
@@ -105,7 +108,7 @@ def _classifier_prefixes(basenet: Basenet) -> tuple[str, ...]:
 
 
 def _to_basenet_keys(basenet: Basenet, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(basenet, TimmBasenet):
+    if isinstance(basenet, TimmModel):
         if any(k.startswith(LUKEMELAS_PREFIXES) for k in state):
             state = remap_lukemelas_efficientnet(state, basenet.timm_name)
         return {f"body.{k}": v for k, v in state.items()}
@@ -119,8 +122,9 @@ def load_basenet_state(basenet: Basenet, state: dict[str, Tensor], source: str) 
     ignored = sorted(k for k in state if k.startswith(classifier))
     wanted = {k: v for k, v in state.items() if k not in ignored}
     own = basenet.state_dict()
+    fresh = sorted(k for k in own if k.startswith(basenet.fresh_prefixes) and k not in wanted)
     unexpected = sorted(set(wanted) - set(own))
-    missing = sorted(set(own) - set(wanted))
+    missing = sorted(set(own) - set(wanted) - set(fresh))
     wrong = sorted(k for k in set(wanted) & set(own) if wanted[k].shape != own[k].shape)
     if unexpected or missing or wrong:
         parts = []
@@ -129,8 +133,8 @@ def load_basenet_state(basenet: Basenet, state: dict[str, Tensor], source: str) 
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"pretrained weights {source} do not match basenet {basenet.name!r}: " + "; ".join(parts))
-    basenet.load_state_dict(wanted, strict=True)
-    return LoadReport(source, len(wanted), ignored)
+    basenet.load_state_dict(wanted, strict=False)  # strict but for the fresh keys, checked above
+    return LoadReport(source, len(wanted), ignored, fresh)
 
 
 def offline_basenets() -> list[str]:
@@ -164,32 +168,39 @@ def resolve_pretrained(basenet: Basenet, value: str) -> tuple[dict[str, Tensor],
         path = getattr(module, class_name).get_model_file_path()
         return read_state_dict(path), f"package {module_name} ({path})"
     if value.startswith("timm:"):
-        name = value.removeprefix("timm:")
-        try:
-            model = timm.create_model(name, pretrained=True)
-        except RuntimeError as err:  # timm's "Unknown model (...)", or no weights for it
-            raise ConfigError(f"--pretrained {value}: {err}; see timm.list_models(pretrained=True)") from None
-        except OSError as err:  # no network, or the hub refused
-            raise ConfigError(f"--pretrained {value}: the weights cannot be downloaded ({err})") from None
-        return model.state_dict(), value
+        return timm_hub_state_dict(value.removeprefix("timm:")), value
     if value.startswith("torchvision:"):
         if spec.torchvision_arch is None:
             raise ConfigError(
                 f"--pretrained {value}: basenet {basenet.name!r} is not a torchvision model; "
                 f"use {spec.hub_weights()}, package, or a file"
             )
-        enum = torchvision.models.get_model_weights(spec.torchvision_arch)
-        name = value.removeprefix("torchvision:")
-        if name not in enum.__members__:
-            raise ConfigError(
-                f"--pretrained {value}: torchvision has no weights {name!r} for {spec.torchvision_arch}; it has "
-                f"{', '.join(enum.__members__)}"
-            )
-        try:
-            return enum[name].get_state_dict(progress=True), value
-        except OSError as err:
-            raise ConfigError(f"--pretrained {value}: the weights cannot be downloaded ({err})") from None
+        return torchvision_hub_state_dict(spec.torchvision_arch, value.removeprefix("torchvision:")), value
     return read_state_dict(value), str(value)
+
+
+def timm_hub_state_dict(name: str) -> dict[str, Tensor]:
+    """Download (or read from the cache) timm's pretrained weights `name` (`model` or `model.tag`)."""
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except RuntimeError as err:  # timm's "Unknown model (...)", or no weights for it
+        raise ConfigError(f"--pretrained timm:{name}: {err}; see timm.list_models(pretrained=True)") from None
+    except OSError as err:  # no network, or the hub refused
+        raise ConfigError(f"--pretrained timm:{name}: the weights cannot be downloaded ({err})") from None
+
+
+def torchvision_hub_state_dict(arch: str, weights: str) -> dict[str, Tensor]:
+    """Download (or read from the cache) torchvision's weights `weights` (e.g. DEFAULT) of `arch`."""
+    enum = torchvision.models.get_model_weights(arch)
+    if weights not in enum.__members__:
+        raise ConfigError(
+            f"--pretrained torchvision:{weights}: torchvision has no weights {weights!r} for {arch}; it has "
+            f"{', '.join(enum.__members__)}"
+        )
+    try:
+        return enum[weights].get_state_dict(progress=True)
+    except OSError as err:
+        raise ConfigError(f"--pretrained torchvision:{weights}: the weights cannot be downloaded ({err})") from None
 
 
 def load_pretrained(basenet: Basenet, value: str) -> LoadReport:
