@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_runner import TrainServer
 
 from seglab.engine import checkpoint
 
@@ -36,13 +35,6 @@ ARGS = [*TINY, "--iters", str(ITERS), "--eval-every", "6", "--workers", "0"]
 SHORT = 12  # the signal-moment runs: 8 steps per epoch, partial evaluations at steps 4 and 8
 SHORT_ARGS = [*TINY, "--iters", str(SHORT), "--eval-every", "4"]
 TERM = 128 + signal.SIGTERM
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = TrainServer(tmp_path_factory.mktemp("server"))
-    yield srv
-    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_ddp import torchrun
-from train_runner import TrainServer, losses
+from train_runner import losses
 
 from seglab.cli import main
 from seglab.engine import checkpoint
@@ -30,13 +30,6 @@ WORKFLOW = shlex.split(
     "--freeze-basenet --unfreeze-at 5 --difflr 5 --batch-size 4 --accumulate 2 --clip-grad 0.5 --ema 0.9 "
     "--eval-every 3 --eval-fraction 0.5 --eval-full-every 4 --keep-best --ckpt-every 1 --keep 20 --learnrate 0.05"
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = TrainServer(tmp_path_factory.mktemp("server"))
-    yield srv
-    srv.close()
 
 
 @pytest.fixture(scope="module")

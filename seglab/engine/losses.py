@@ -80,11 +80,6 @@ class SegmentationLoss(nn.Module):
             return valid & (prob <= threshold)
 
 
-def images_with_valid_pixels(target: Tensor, ignore_index: int) -> Tensor:
-    """Return the normalizer of the per-image losses (Dice, Lovász): the images holding a valid pixel."""
-    return (target != ignore_index).flatten(1).any(1).sum().float()
-
-
 def _class_weights(class_weights: Sequence[float], num_classes: int) -> Tensor:
     """Return the class weights as a tensor (ones when none are given); a wrong count is an error."""
     if class_weights and len(class_weights) != num_classes:
@@ -94,7 +89,22 @@ def _class_weights(class_weights: Sequence[float], num_classes: int) -> Tensor:
     return torch.tensor(list(class_weights) or [1.0] * num_classes, dtype=torch.float32)
 
 
-class DiceLoss(nn.Module):
+class PerImageLoss(nn.Module):
+    """A loss computed per image and averaged over the images holding a valid pixel (Dice, Lovász-softmax:
+    neither is a sum over pixels), with per-class weights (1 by default)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] = ()) -> None:
+        super().__init__()
+        self.register_buffer("weight", _class_weights(class_weights, num_classes), persistent=False)
+        self.ignore_index, self.num_classes = ignore_index, num_classes
+
+    def normalizer(self, target: Tensor) -> Tensor:
+        """Return the normalizer `forward` gives for `target`, from the labels alone: its images with a valid
+        pixel."""
+        return (target != self.ignore_index).flatten(1).any(1).sum().float()
+
+
+class DiceLoss(PerImageLoss):
     """Soft Dice loss per image (Milletari et al., V-Net, 2016, over softmax probabilities), summed over images.
 
     For each image and class c: dice_c = 2 sum(p_c y_c) / sum(p_c + y_c) over its valid pixels, and the
@@ -102,11 +112,6 @@ class DiceLoss(nn.Module):
     image (absent classes count 0) with class weights w (1 by default). Normalizer: the images with a
     valid pixel. Per image rather than per batch, so that a DDP mean over images is exact.
     """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] = ()) -> None:
-        super().__init__()
-        self.register_buffer("weight", _class_weights(class_weights, num_classes), persistent=False)
-        self.ignore_index, self.num_classes = ignore_index, num_classes
 
     def forward(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Return (sum of per-image losses, number of images with a valid pixel)."""
@@ -121,10 +126,6 @@ class DiceLoss(nn.Module):
         per_image = ((1 - dice) * present * self.weight).sum(1) / self.weight.sum()
         has_valid = valid.flatten(1).any(1)
         return (per_image * has_valid).sum(), has_valid.sum().float()
-
-    def normalizer(self, target: Tensor) -> Tensor:
-        """Return the normalizer `forward` gives for `target`, from the labels alone."""
-        return images_with_valid_pixels(target, self.ignore_index)
 
 
 class FocalLoss(nn.Module):
@@ -157,17 +158,12 @@ class FocalLoss(nn.Module):
         return (target != self.ignore_index).sum().float()
 
 
-class LovaszLoss(nn.Module):
+class LovaszLoss(PerImageLoss):
     """Lovász-softmax loss per image (Berman, Triki & Blaschko, "The Lovász-Softmax loss", CVPR 2018), the
     convex surrogate of the per-class Jaccard loss, over the classes present in the image (smp's
     `LovaszLoss("multiclass", per_image=True)`); class weights weight the mean over those classes.
     Normalizer: the images with a valid pixel.
     """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] = ()) -> None:
-        super().__init__()
-        self.register_buffer("weight", _class_weights(class_weights, num_classes), persistent=False)
-        self.ignore_index, self.num_classes = ignore_index, num_classes
 
     def forward(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Return (sum of per-image losses, number of images with a valid pixel)."""
@@ -182,10 +178,6 @@ class LovaszLoss(nn.Module):
             total = total + self._image_loss(prob[:, valid], label[valid])
             images += 1
         return total, torch.tensor(float(images), device=logits.device)
-
-    def normalizer(self, target: Tensor) -> Tensor:
-        """Return the normalizer `forward` gives for `target`, from the labels alone."""
-        return images_with_valid_pixels(target, self.ignore_index)
 
     def _image_loss(self, prob: Tensor, label: Tensor) -> Tensor:
         """Lovász-softmax of one image's valid pixels: prob [C, P], label [P]."""
