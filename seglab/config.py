@@ -696,6 +696,9 @@ class PredictConfig(InferenceOptions):
     batch_size: int = option(8, "video frames segmented per forward pass", metavar="N", minimum=1)
     frame_labels: bool = option(False, "also write each video frame's label PNG: labels/<video>/000001.png ...")
     device: str = option("auto", DEVICE_HELP)
+    ema: bool = option(
+        True, "use a checkpoint's EMA weights when it has them, as `seglab test` does (--no-ema: the trained weights)"
+    )
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
 
@@ -737,6 +740,11 @@ class ExportConfig(CheckedConfig):
         500, "with --int8: compare on the first N images of --verify-split (0: all)", metavar="N", minimum=0
     )
     data_root: str = option("", "with --int8: dataset root of the run's dataset (default: the run's)")
+    ema: bool = option(
+        True,
+        "export a checkpoint's EMA weights when it has them, as `seglab test` evaluates them (--no-ema: the "
+        "trained weights)",
+    )
     plugins: list[str] = option([], PLUGINS_HELP, metavar="MODULE")
 
 

@@ -190,14 +190,16 @@ def load_onnx(path: str | Path, device: str | torch.device = "cpu", threads: int
         list(json.loads(meta["class_names"])),
         int(meta.get("ignore_index", 255)),
         target,
+        meta.get("weights", "model"),
     )
 
 
-def load_target(path: str | Path | Target, device: str = "auto") -> LoadedRun:
-    """Return the model of a run folder or checkpoint (`load_run`) or of an exported .onnx file (`load_onnx`).
+def load_target(path: str | Path | Target, device: str = "auto", ema: bool = True) -> LoadedRun:
+    """Return the model of a run folder or checkpoint (`load_run`; with `ema`, its EMA weights where it has
+    them) or of an exported .onnx file (`load_onnx`: the weights it was exported with).
 
     `device` is a `--device` value: for an ONNX model `auto` means CUDA only where onnxruntime has it.
     """
     if is_onnx(path):
         return load_onnx(path.checkpoint if isinstance(path, Target) else path, onnx_device(device))
-    return load_run(path, resolve_device(device))
+    return load_run(path, resolve_device(device), ema=ema)

@@ -146,10 +146,16 @@ def verify_onnx(
 
 
 def model_metadata(
-    model: SegmentationModel, config: TrainConfig, class_names: Sequence[str], ignore_index: int = 255, step: int = 0
+    model: SegmentationModel,
+    config: TrainConfig,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+    step: int = 0,
+    weights: str = "model",
 ) -> dict[str, str]:
     """Return the string metadata stored with exported weights: what `build_model` needs, classes, mean/std,
-    and the run's config and step (its dataset is what `seglab test MODEL.onnx` evaluates on by default)."""
+    the run's config and step (its dataset is what `seglab test MODEL.onnx` evaluates on by default) and
+    which of the checkpoint's weights they are ("model": trained, "ema": their moving average)."""
     return {
         "basenet": config.basenet,
         "decoder": config.decoder,
@@ -162,6 +168,7 @@ def model_metadata(
         "input_std": json.dumps(list(model.input_std)),
         "ignore_index": str(ignore_index),
         "step": str(step),
+        "weights": weights,
         "config": json.dumps(to_dict(config)),
     }
 
@@ -173,11 +180,12 @@ def save_weights(
     class_names: Sequence[str],
     ignore_index: int = 255,
     step: int = 0,
+    weights: str = "model",
 ) -> Path:
     """Save the model's state dict as safetensors, with the metadata (from its run's config) that rebuilds it."""
     path = Path(path)
     ensure_dir(path.parent, "--out")
-    save_model(model, str(path), metadata=model_metadata(model, config, class_names, ignore_index, step))
+    save_model(model, str(path), metadata=model_metadata(model, config, class_names, ignore_index, step, weights))
     return path
 
 
@@ -275,8 +283,10 @@ def export(cfg: ExportConfig) -> dict:
     comparisons and write export.json; return its content."""
     load_plugins(cfg.plugins)
     target = resolve_target(cfg.run)
-    loaded = load_run(target, "cpu")
+    loaded = load_run(target, "cpu", ema=cfg.ema)
     model = loaded.model
+    if loaded.weights == "ema":
+        print(f"exporting the EMA weights (--ema {loaded.config.ema}); --no-ema for the trained ones")
     if cfg.out:
         out = Path(cfg.out)
     elif target.run is not None:
@@ -296,10 +306,9 @@ def export(cfg: ExportConfig) -> dict:
             f"{check['max_abs_diff']:.3g} (tolerance {cfg.atol:g}), argmax agreement "
             f"{100 * check['label_agreement']:.3f}%"
         )
-    metadata = model_metadata(model, loaded.config, loaded.class_names, loaded.ignore_index, loaded.step)
-    weights = save_weights(
-        model, out / WEIGHTS_FILE, loaded.config, loaded.class_names, loaded.ignore_index, loaded.step
-    )
+    facts = (loaded.config, loaded.class_names, loaded.ignore_index, loaded.step, loaded.weights)
+    metadata = model_metadata(model, *facts)
+    weights = save_weights(model, out / WEIGHTS_FILE, *facts)
     print(f"wrote {weights}")
     info = {
         "onnx": onnx_path.name,

@@ -211,7 +211,9 @@ def predict(cfg: PredictConfig) -> list[dict]:
     return what was written, one entry per file."""
     load_plugins(cfg.plugins)
     files = collect_images(cfg.images)
-    loaded = load_target(cfg.run, cfg.device)
+    loaded = load_target(cfg.run, cfg.device, cfg.ema)
+    if loaded.weights == "ema":
+        print(f"segmenting with the EMA weights (--ema {loaded.config.ema}); --no-ema for the trained ones")
     palette = dataset_palette(loaded.config, loaded.model.num_classes)
     out = Path(cfg.out)
     progress = sys.stderr.isatty()

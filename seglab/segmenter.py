@@ -80,10 +80,12 @@ def load_model(
     flip: bool = False,
     window: int | None = None,
     window_step: int | None = None,
+    ema: bool = True,
 ) -> Segmenter:
     """Return a `Segmenter` for a run folder (its last checkpoint), a checkpoint file or an exported .onnx model.
 
     `device` is a `--device` value (auto: a GPU when available); `scales`, `flip`, `window` and
-    `window_step` are the test-time options of `seglab test` (`predict_logits`).
+    `window_step` are the test-time options of `seglab test` (`predict_logits`); `ema` loads a checkpoint's
+    EMA weights where it has them, as `seglab test` evaluates them (False: the trained weights).
     """
-    return Segmenter(load_target(run, device), scales, flip, window, window_step)
+    return Segmenter(load_target(run, device, ema), scales, flip, window, window_step)

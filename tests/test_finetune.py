@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
+import seglab
 from seglab import config as cfg_mod
 from seglab import runs
 from seglab.cli import main
@@ -21,7 +23,9 @@ from seglab.data import build_dataset
 from seglab.data.io import write_label_png
 from seglab.engine import checkpoint, setup
 from seglab.engine import train as train_mod
+from seglab.engine.checkpoint import load_run
 from seglab.engine.finetune import Source, class_dims, class_pairs, transfer_weights
+from seglab.engine.inference import predict_logits
 from seglab.errors import ConfigError
 from seglab.models import DECODERS, build_model
 
@@ -384,10 +388,16 @@ def test_clip_grad_bounds_the_global_norm_and_logs_it(root, source, clip):
     assert "grad norm" in (run / "runlog").read_text()
 
 
-def test_ema_follows_its_definition_and_seglab_test_uses_it(root, source, capsys):
-    run = train(
+@pytest.fixture(scope="module")
+def ema_run(root, source) -> Path:
+    """A 3-step fine-tuning run with --ema 0.5 (its EMA weights differ from the trained ones)."""
+    return train(
         root, "ema", "--init-from", str(source), *SYNTHETIC, "--iters", "3", "--ema", "0.5", "--batch-size", "2"
     )
+
+
+def test_ema_follows_its_definition_and_seglab_test_uses_it(ema_run, capsys):
+    run = ema_run
     states = {step: state_at(run, step) for step in (1, 2, 3)}
     assert states[1]["ema"]["updates"] == 1 and states[3]["ema"]["decay"] == 0.5
     for key, value in states[1]["model"].items():
@@ -415,6 +425,47 @@ def test_ema_follows_its_definition_and_seglab_test_uses_it(root, source, capsys
     channels_last = json.loads((run / "eval" / "cl" / "metrics.json").read_text())
     assert channels_last["test_options"]["channels_last"] is True
     assert channels_last["miou"] == pytest.approx(with_ema["miou"], abs=0.01)  # the last bits of logits may differ
+
+
+def test_export_predict_and_load_model_use_the_ema_weights_as_seglab_test_does(ema_run, tmp_path, capsys):
+    state = state_at(ema_run)
+    expected = {"ema": state["ema"]["model"], "model": state["model"]}
+    outs = {"ema": tmp_path / "export_ema", "model": tmp_path / "export_model"}
+    assert main(["export", str(ema_run), "--out", str(outs["ema"])]) == 0
+    assert "exporting the EMA weights (--ema 0.5); --no-ema for the trained ones" in capsys.readouterr().out
+    assert main(["export", str(ema_run), "--out", str(outs["model"]), "--no-ema"]) == 0
+    assert "EMA" not in capsys.readouterr().out
+    for kind, out in outs.items():
+        assert json.loads((out / "export.json").read_text())["weights"] == kind
+        with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+            assert f.metadata()["weights"] == kind
+            keys = list(f.keys())
+            assert set(keys) == set(expected[kind])
+            for key in keys:
+                assert torch.equal(f.get_tensor(key), expected[kind][key]), (kind, key)
+    # `seglab test MODEL.onnx` says which weights the exported model holds
+    assert (
+        main(["test", str(outs["ema"] / "model.onnx"), "--workers", "0", "--limit", "2", "--out", str(tmp_path)]) == 0
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text())["model"]["weights"] == "ema"
+    # predict and load_model segment with the EMA weights by default, with the trained ones on request
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None]
+    reference = {kind: predict_logits(load_run(ema_run, ema=kind == "ema").model, batch)[0] for kind in expected}
+    assert not torch.allclose(reference["ema"], reference["model"], atol=1e-4)  # the two weights disagree
+    for kind, flags in (("ema", []), ("model", ["--no-ema"])):
+        out = tmp_path / f"predict_{kind}"
+        assert (
+            main(
+                ["predict", str(ema_run), str(tmp_path / "photo.png"), "--out", str(out), "--save-probs", "npy", *flags]
+            )
+            == 0
+        )
+        probs = torch.from_numpy(np.load(out / "probs" / "photo.npy").astype(np.float32))
+        torch.testing.assert_close(probs, reference[kind], atol=1e-3, rtol=0)  # float16 on disk
+        segmenter = seglab.load_model(ema_run, device="cpu", ema=kind == "ema")
+        torch.testing.assert_close(torch.from_numpy(segmenter(image).probs), reference[kind])
 
 
 def test_keep_best_is_chosen_by_full_val_never_by_the_partial_draw(root, source, monkeypatch, capsys):
