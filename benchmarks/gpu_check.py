@@ -9,6 +9,8 @@ Each step is timed and independent (a failure is recorded with its traceback and
 - data_pipeline: seglab's loader alone (0/4/8/16 workers) on generated VOC-like JPEGs vs the training step,
   i.e. whether the GPU would wait on data;
 - channels_last and compile: the training step with --channels-last and --compile;
+- modern_models: ConvNeXt and Swin with UPerNet and a ViT with SegFormer at --amp bf16, with the auxiliary
+  head, a ce+dice loss, gradient accumulation, EMA and clipping on;
 - kill_resume: `seglab train` killed with SIGKILL mid-run and resumed; the resumed losses against the
   uninterrupted run's (exact on CPU; on CUDA within the stated tolerance, kernels not being deterministic);
 - test_bench_export: `seglab test`, `seglab bench` and `seglab export` (ONNX Runtime with the CUDA provider
@@ -93,25 +95,27 @@ def reset_peak(device: torch.device) -> None:
 
 
 def train_config(s: Settings, basenet: str, decoder: str, **changes) -> TrainConfig:
-    """A synthetic-data run of `s.crop` px crops, no evaluation or checkpoints inside the timed steps."""
-    return TrainConfig(
-        basenet=basenet,
-        decoder=decoder,
-        pretrained="none",
-        dataset="synthetic",
-        dataset_options={"length": 4 * s.batch, "size": s.crop},
-        crop=[s.crop],
-        batch_size=s.batch,
-        iters=100 * s.steps,
-        workers=0,
-        log_every=10**6,
-        eval_every=0,
-        ckpt_every=10**6,
-        keep=0,
-        runs_root=str(s.workdir / "runs"),
-        device=s.device.type,
-        **changes,
-    )
+    """A synthetic-data run of `s.crop` px crops, no evaluation or checkpoints inside the timed steps;
+    `changes` set other fields (or override these)."""
+    batch = changes.get("batch_size", s.batch)
+    fields = {
+        "basenet": basenet,
+        "decoder": decoder,
+        "pretrained": "none",
+        "dataset": "synthetic",
+        "dataset_options": {"length": 4 * batch, "size": s.crop},
+        "crop": [s.crop],
+        "batch_size": batch,
+        "iters": 100 * s.steps,
+        "workers": 0,
+        "log_every": 10**6,
+        "eval_every": 0,
+        "ckpt_every": 10**6,
+        "keep": 0,
+        "runs_root": str(s.workdir / "runs"),
+        "device": s.device.type,
+    }
+    return TrainConfig(**{**fields, **changes})
 
 
 def time_steps(cfg: TrainConfig, steps: int) -> dict:
@@ -276,6 +280,35 @@ def check_channels_last_and_compile(s: Settings) -> dict:
     return out
 
 
+# Transformer and modern-CNN basenets with the decoders they are paired with; the dry run uses their smallest
+# family members so that the CPU check stays short.
+MODERN = {
+    "convnext_upernet": (("convnext_tiny", "convnext_atto"), "upernet"),
+    "swin_upernet": (("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224"), "upernet"),
+    "vit_segformer": (("vit_small_patch16_224", "vit_tiny_patch16_224"), "segformer"),
+}
+WORKFLOW = {"aux_weight": 0.4, "loss": "ce+dice", "accumulate": 2, "ema": 0.999, "clip_grad": 1.0}
+"""The training features of a modern recipe, all on at once in `modern_models`."""
+
+
+def check_modern_models(s: Settings) -> dict:
+    """ConvNeXt and Swin with UPerNet, a ViT with SegFormer, at --amp bf16 with the auxiliary head, ce+dice,
+    2 accumulation passes, EMA and clipping on: images/s, peak memory, finite losses."""
+    out, bad = {}, []
+    for name, ((basenet, dry_basenet), decoder) in MODERN.items():
+        # At least 2 images per accumulation pass: UPerNet's pyramid pooling normalizes 1x1 maps with BatchNorm.
+        batch = max(s.batch, 2 * WORKFLOW["accumulate"])
+        cfg = train_config(s, dry_basenet if s.dry_run else basenet, decoder, amp="bf16", batch_size=batch, **WORKFLOW)
+        result = time_steps(cfg, s.steps)
+        out[name] = {"basenet": cfg.basenet, "decoder": decoder, **result}
+        if not all(np.isfinite([result["first_loss"], result["final_loss"]])):
+            bad.append(f"{cfg.basenet} x {decoder}: loss {result['first_loss']} -> {result['final_loss']}")
+    out["workflow"] = WORKFLOW
+    if bad:
+        raise AssertionError("; ".join(bad))
+    return out
+
+
 def seglab_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "seglab.cli", *args]
 
@@ -385,6 +418,7 @@ STEPS: dict[str, Callable[[Settings], dict]] = {
     "model_speed": check_model_speed,
     "data_pipeline": check_data_pipeline,
     "channels_last_and_compile": check_channels_last_and_compile,
+    "modern_models": check_modern_models,
     "kill_resume": check_kill_resume,
     "test_bench_export": check_test_bench_export,
 }

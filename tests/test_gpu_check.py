@@ -44,6 +44,7 @@ def test_gpu_check_dry_run_passes_every_step_and_writes_its_page(tmp_path):
         "model_speed",
         "data_pipeline",
         "channels_last_and_compile",
+        "modern_models",
         "kill_resume",
         "test_bench_export",
     ]
@@ -54,6 +55,13 @@ def test_gpu_check_dry_run_passes_every_step_and_writes_its_page(tmp_path):
     assert steps["kill_resume"]["bit_exact"] is True and steps["kill_resume"]["killed_after_checkpoint"] >= 1
     assert steps["channels_last_and_compile"]["compile"] == "skipped (--skip compile)"
     assert steps["data_pipeline"]["training_step_images_per_s"] > 0
+    modern = [steps["modern_models"][k] for k in ("convnext_upernet", "swin_upernet", "vit_segformer")]
+    assert [(m["decoder"], m["amp"]) for m in modern] == [
+        ("upernet", "bf16"),
+        ("upernet", "bf16"),
+        ("segformer", "bf16"),
+    ]
+    assert steps["modern_models"]["workflow"]["accumulate"] == 2 and all(m["images_per_s"] > 0 for m in modern)
     page = out.read_text()
     assert page.startswith("# seglab GPU check (dry run on the CPU: no GPU figures)")
     assert all(f"## {name}: pass" in page for name in steps)
