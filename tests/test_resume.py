@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_runner import wait_for
 
 from seglab.engine import checkpoint
 
@@ -55,13 +56,6 @@ def short_reference(server, root) -> Path:
     args = [*SHORT_ARGS, "--workers", "0", "--runs-root", str(root), "--run-name", "short"]
     assert server.run(args, root / "short.log") == 0
     return root / "short"
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def records(run_dir: Path) -> list[dict]:

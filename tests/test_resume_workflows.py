@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_ddp import torchrun
-from train_runner import losses
+from train_runner import losses, wait_for
 
 from seglab.cli import main
 from seglab.engine import checkpoint
@@ -51,13 +51,6 @@ def reference(server, root, args) -> Path:
         root / "reference.log"
     ).read_text()
     return root / "reference"
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def assert_same_state(ours: Path, theirs: Path) -> None:

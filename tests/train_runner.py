@@ -106,6 +106,14 @@ class TrainServer:
         self.proc.wait(timeout=30)
 
 
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    """Poll `predicate` every 10 ms until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def losses(run_dir: Path) -> list[tuple[int, str]]:
     """Return (step, loss as float.hex) of every record in a run's metrics.jsonl."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
