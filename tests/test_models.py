@@ -20,7 +20,7 @@ from seglab.models import BASENETS, DECODERS, SEED_BASENETS, Basenet, Segmentati
 from seglab.models.basenets import FAMILIES
 from seglab.models.complexity import count_gflops, count_params
 from seglab.models.fcn import bilinear_kernel
-from seglab.models.meta import pad_to
+from seglab.models.meta import pad_to_multiple
 
 SEED_TAPS = {  # nominal stride -> channels, per seed basenet
     "vgg16": {2: 64, 4: 128, 8: 256, 16: 512, 32: 4096},
@@ -226,7 +226,7 @@ def test_every_tested_family_keeps_the_tap_contract(family):
     net = family_basenet(family.example)
     assert {4, 8, 16, 32} <= {t.reduction for t in net.taps}
     x = torch.randn(1, 3, 75, 101, generator=torch.Generator().manual_seed(0))
-    padded = pad_to(x, net.pad_multiple)
+    padded = pad_to_multiple(x, net.pad_multiple)
     with torch.no_grad():
         features = net(padded)
     assert sorted(features) == [t.reduction for t in net.taps]
@@ -261,7 +261,7 @@ def test_patch_stems_are_padded_and_the_logits_cropped_back():
     x = torch.randn(1, 3, 65, 47, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = model(x)
-        padded = model(pad_to(x, 32))
+        padded = model(pad_to_multiple(x, 32))
     assert padded.shape == (1, 3, 96, 64)
     assert torch.equal(out, padded[..., :65, :47])
 

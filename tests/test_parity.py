@@ -130,25 +130,21 @@ def test_linknet_resnet18_parameter_count_against_smp_itemized():
     model = seglab.build_model("resnet18", "linknet", NUM_CLASSES)
     assert count_params(model.basenet) == count_params(reference.encoder) == 11_176_512
 
-    def smp_block(m: int, n: int) -> int:  # 1x1, 4x4 transposed conv with bias, 1x1; each + BN
+    def block(m: int, n: int, kernel: int, bias: bool) -> int:  # 1x1, kernel x kernel transposed conv, 1x1; + BN
         return (
             conv(m, m // 4, 1, False)
             + bn(m // 4)
-            + conv(m // 4, m // 4, 4, True)
+            + conv(m // 4, m // 4, kernel, bias)
             + bn(m // 4)
             + conv(m // 4, n, 1, False)
             + bn(n)
         )
 
-    def seglab_block(m: int, n: int) -> int:  # 1x1, 3x3 transposed conv (paper), 1x1; each + BN
-        return (
-            conv(m, m // 4, 1, False)
-            + bn(m // 4)
-            + conv(m // 4, m // 4, 3, False)
-            + bn(m // 4)
-            + conv(m // 4, n, 1, False)
-            + bn(n)
-        )
+    def smp_block(m: int, n: int) -> int:  # smp: a 4x4 transposed conv with bias
+        return block(m, n, 4, True)
+
+    def seglab_block(m: int, n: int) -> int:  # the paper: 3x3, no bias (BN follows)
+        return block(m, n, 3, False)
 
     smp_blocks = [count_params(b) for b in reference.decoder.blocks]
     assert smp_blocks == [smp_block(m, n) for m, n in [(512, 256), (256, 128), (128, 64), (64, 64), (64, 32)]]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.models.meta import pad_to_multiple
+
 DEFAULT_STRIDE = 32
 
 
@@ -23,15 +25,6 @@ def model_stride(model: nn.Module) -> int:
     """Return the size multiple the model's input is padded to (its basenet's output stride, else 32)."""
     basenet = getattr(model, "basenet", None)
     return int(getattr(basenet, "output_stride", DEFAULT_STRIDE))
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad a normalized batch [N, C, H, W] with zeros at the bottom and right to a multiple of `multiple`.
-
-    Unconditional (a zero pad is a copy), so that torch.export traces one graph for every size.
-    """
-    height, width = x.shape[-2:]
-    return F.pad(x, (0, -width % multiple, 0, -height % multiple))
 
 
 def whole_image(model: nn.Module, x: Tensor, multiple: int) -> Tensor:

@@ -104,8 +104,12 @@ def resize(x: Tensor, size: Sequence[int], mode: str = "bilinear", align_corners
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
 
 
-def pad_to(x: Tensor, multiple: int) -> Tensor:
-    """Pad a batch at the bottom and right with zeros to a multiple of `multiple` (no-op at 1)."""
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad a batch [N, C, H, W] with zeros at the bottom and right to a multiple of `multiple` (no-op at 1).
+
+    Otherwise unconditional, also when the size is already a multiple (a zero pad is a copy), so that
+    torch.export traces one graph for every size.
+    """
     if multiple == 1:
         return x
     height, width = x.shape[-2:]
@@ -154,7 +158,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         height, width = x.shape[-2:]
-        padded = pad_to(x, self.basenet.pad_multiple)
+        padded = pad_to_multiple(x, self.basenet.pad_multiple)
         features = self.basenet(padded)
         logits = self.decoder(features, padded.shape[-2:])[..., :height, :width]
         if self.aux_head is None or not self.training:
